@@ -1,0 +1,23 @@
+"""The library's exceptions. Only the CLI turns them into ``click.ClickException``."""
+
+from __future__ import annotations
+
+
+class MemrecError(Exception):
+    """Base class of every error memrec-infer raises on purpose (bad input, bad files)."""
+
+
+class InvalidModelError(MemrecError):
+    """A model directory is missing, corrupted or of an unsupported format."""
+
+
+class CheckpointError(MemrecError):
+    """A checkpoint cannot be read, is unsafe, or does not match its family."""
+
+
+class SchemaMismatchError(MemrecError):
+    """Input columns do not match what the model expects (missing, wrong type)."""
+
+
+class InputDataError(MemrecError):
+    """Input data cannot be read or holds values the model cannot take."""
