@@ -1,0 +1,1 @@
+"""One module per CLI command, each exposing a ``command``; see ``memrec_infer.cli``."""
