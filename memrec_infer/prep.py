@@ -1,0 +1,269 @@
+"""Feature prep: raw columns -> the model's inputs (dense matrix, jagged ids).
+
+Shared by the engine and by the torch models in ``memrec_infer.models``, so both see the same
+ids bit for bit. Vocabulary (torchrec's): B rows, F sparse features; ``values`` holds every id
+of the batch feature-major, ``offsets[f, b]:offsets[f, b + 1]`` is the bag of row ``b`` of
+feature ``f``. Example, F=2, B=2, feature 0 one-hot, feature 1 multi-hot with bags
+``[7, 8]`` and ``[]``::
+
+    values  = [id_a, id_b, 7, 8]
+    offsets = [[0, 1, 2],
+               [2, 4, 4]]
+
+Nulls: a null (or NaN) dense value becomes the feature's ``fill`` before its transform; a null
+categorical value becomes ``NULL_ID``; a null list is an empty bag; a null inside a list is
+``NULL_ID``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import SchemaMismatchError
+from .kernels.ids import NULL_ID, cross_ids, string_ids
+
+DENSE_TRANSFORMS = ("identity", "log1p", "standard")
+SPARSE_DTYPES = ("int", "string", "cross")
+
+Batch = pa.Table | pa.RecordBatch | Mapping[str, Any]
+
+
+@dataclass
+class PreparedBatch:
+    """The model's inputs for one batch of ``num_rows`` rows."""
+
+    num_rows: int
+    dense: np.ndarray  # float32 [B, n_dense]
+    values: np.ndarray  # int64 [N]
+    offsets: np.ndarray  # int64 [F, B + 1]
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_string_view(t)
+        or pa.types.is_binary_view(t)
+    )
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_list_view(t)
+
+
+def _value_type(t: pa.DataType) -> pa.DataType:
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
+def _type_problem(dtype: str, multi_hot: bool, t: pa.DataType) -> str | None:
+    """Why a column of Arrow type ``t`` cannot feed a sparse feature, or None if it can."""
+    if multi_hot:
+        if not _is_list(t):
+            return f"a list column (multi-hot bags), found {t}"
+        t = t.value_type
+    elif _is_list(t):
+        return f"one value per row, found the list type {t}; the model was trained one-hot"
+    t = _value_type(t)
+    if pa.types.is_null(t):
+        return None
+    if dtype == "string" and not _is_string(t):
+        return f"strings, found {t}"
+    if dtype == "int" and not pa.types.is_integer(t):
+        return f"integers, found {t}"
+    if dtype == "cross" and not (pa.types.is_integer(t) or _is_string(t)):
+        return f"integers or strings, found {t}"
+    return None
+
+
+def _dense_problem(t: pa.DataType) -> str | None:
+    t = _value_type(t)
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t):
+        return None
+    if pa.types.is_boolean(t) or pa.types.is_decimal(t):
+        return None
+    return f"numbers, found {t}"
+
+
+def _combine(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if isinstance(col, pa.ChunkedArray):
+        return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    return col
+
+
+def _plain_ids(arr: pa.Array) -> np.ndarray:
+    """Ids (spec sec. 1) of a non-list Arrow array of integers or strings."""
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        dict_ids = _plain_ids(arr.dictionary)
+        idx = pc.fill_null(arr.indices, 0).to_numpy(zero_copy_only=False)
+        out = dict_ids[idx] if len(dict_ids) else np.full(len(arr), NULL_ID, np.int64)
+        if arr.null_count:
+            out[~arr.is_valid().to_numpy(zero_copy_only=False)] = NULL_ID
+        return out
+    if pa.types.is_null(t):
+        return np.full(len(arr), NULL_ID, dtype=np.int64)
+    if pa.types.is_integer(t):
+        if t != pa.int64():
+            # safe=False: uint64 values >= 2**63 wrap to negative ids, as the spec says.
+            arr = pc.cast(arr, pa.int64(), safe=False)
+        if arr.null_count:
+            arr = pc.fill_null(arr, int(NULL_ID))
+        return np.ascontiguousarray(arr.to_numpy(zero_copy_only=False), dtype=np.int64)
+    if pa.types.is_string_view(t) or pa.types.is_binary_view(t):
+        arr = pc.cast(arr, pa.large_binary())
+        t = arr.type
+    large = pa.types.is_large_string(t) or pa.types.is_large_binary(t)
+    _, off_buf, data_buf = arr.buffers()
+    n = len(arr)
+    offsets = np.frombuffer(off_buf, dtype=np.int64 if large else np.int32)
+    offsets = offsets[arr.offset : arr.offset + n + 1]
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    if arr.null_count:
+        valid = arr.is_valid().to_numpy(zero_copy_only=False)
+    else:
+        valid = np.ones(n, dtype=np.bool_)
+    return string_ids(offsets, data, valid)
+
+
+class FeaturePrep:
+    """Turns raw columns into :class:`PreparedBatch` for one model.
+
+    Parameters
+    ----------
+    dense : list of dict
+        ``{"name", "transform", "fill"[, "mean", "std"]}`` per dense feature, in input order.
+    sparse : list of dict
+        ``{"name", "columns", "dtype", "multi_hot", ...}`` per sparse feature, in F order.
+    """
+
+    def __init__(self, dense: Sequence[Mapping[str, Any]], sparse: Sequence[Mapping[str, Any]]):
+        self.dense = [dict(d) for d in dense]
+        self.sparse = [dict(s) for s in sparse]
+        for d in self.dense:
+            if d["transform"] not in DENSE_TRANSFORMS:
+                raise ValueError(
+                    f"dense feature {d['name']!r}: transform {d['transform']!r} is not one of "
+                    f"{', '.join(DENSE_TRANSFORMS)}"
+                )
+        for s in self.sparse:
+            if s["dtype"] not in SPARSE_DTYPES:
+                raise ValueError(
+                    f"sparse feature {s['name']!r}: dtype {s['dtype']!r} is not one of "
+                    f"{', '.join(SPARSE_DTYPES)}"
+                )
+        self._fill = np.array([d.get("fill", 0.0) for d in self.dense], dtype=np.float32)
+
+    @property
+    def columns(self) -> list[str]:
+        """Every input column the model reads, each once, dense first."""
+        seen: dict[str, None] = {d["name"]: None for d in self.dense}
+        for s in self.sparse:
+            seen.update((c, None) for c in s["columns"])
+        return list(seen)
+
+    def check_schema(self, schema: pa.Schema, source: str = "input") -> None:
+        """Raise :class:`SchemaMismatchError` listing every missing or mistyped column."""
+        problems = []
+        missing = [c for c in self.columns if schema.get_field_index(c) < 0]
+        if missing:
+            problems.append(f"missing column(s): {', '.join(missing)}")
+        for d in self.dense:
+            if d["name"] in missing:
+                continue
+            why = _dense_problem(schema.field(d["name"]).type)
+            if why:
+                problems.append(f"column {d['name']!r} (dense): expected {why}")
+        for s in self.sparse:
+            for c in s["columns"]:
+                if c in missing:
+                    continue
+                why = _type_problem(s["dtype"], bool(s["multi_hot"]), schema.field(c).type)
+                if why:
+                    problems.append(f"column {c!r} (sparse feature {s['name']!r}): expected {why}")
+        if problems:
+            raise SchemaMismatchError(f"{source}: " + "; ".join(problems))
+
+    def __call__(self, batch: Batch) -> PreparedBatch:
+        """Prepare one batch of raw columns (pyarrow Table/RecordBatch or dict of arrays)."""
+        if not isinstance(batch, pa.Table | pa.RecordBatch):
+            batch = _to_table(batch, self.columns)
+        self.check_schema(batch.schema)
+        n = batch.num_rows
+        dense = np.empty((n, len(self.dense)), dtype=np.float32)
+        for j, d in enumerate(self.dense):
+            dense[:, j] = self._dense_column(_combine(batch.column(d["name"])), j, d)
+        bags = [self._sparse_feature(batch, s) for s in self.sparse]
+        total = sum(len(v) for v, _ in bags)
+        values = np.empty(total, dtype=np.int64)
+        offsets = np.empty((len(self.sparse), n + 1), dtype=np.int64)
+        base = 0
+        for f, (ids, lengths) in enumerate(bags):
+            values[base : base + len(ids)] = ids
+            offsets[f, 0] = base
+            if lengths is None:
+                offsets[f, 1:] = base + np.arange(1, n + 1, dtype=np.int64)
+            else:
+                np.cumsum(lengths, out=offsets[f, 1:])
+                offsets[f, 1:] += base
+            base += len(ids)
+        return PreparedBatch(num_rows=n, dense=dense, values=values, offsets=offsets)
+
+    def _dense_column(self, arr: pa.Array, j: int, d: Mapping[str, Any]) -> np.ndarray:
+        if pa.types.is_dictionary(arr.type):
+            arr = arr.dictionary_decode()
+        # safe=False: int64 beyond 2**24 rounds to the nearest float32, as torch would.
+        x = pc.cast(arr, pa.float32(), safe=False).to_numpy(zero_copy_only=False)
+        x = np.where(np.isnan(x), self._fill[j], x).astype(np.float32, copy=False)
+        transform = d["transform"]
+        if transform == "log1p":
+            return np.log1p(np.maximum(x, np.float32(0)))
+        if transform == "standard":
+            return (x - np.float32(d["mean"])) / np.float32(d["std"])
+        return x
+
+    def _sparse_feature(
+        self, batch: pa.Table | pa.RecordBatch, s: Mapping[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Ids of one feature and its bag lengths (None for one-hot)."""
+        cols = [_combine(batch.column(c)) for c in s["columns"]]
+        if s["dtype"] == "cross":
+            return cross_ids(np.stack([_plain_ids(c) for c in cols])), None
+        arr = cols[0]
+        if not s["multi_hot"]:
+            return _plain_ids(arr), None
+        if pa.types.is_list_view(arr.type):
+            arr = pc.cast(arr, pa.large_list(arr.type.value_type))
+        lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
+        return _plain_ids(arr.flatten()), lengths.astype(np.int64, copy=False)
+
+
+def _to_table(batch: Mapping[str, Any], columns: list[str]) -> pa.Table:
+    """A dict of numpy arrays / lists -> a pyarrow Table of the model's columns."""
+    if not isinstance(batch, Mapping):
+        raise TypeError(
+            f"expected a pyarrow Table, RecordBatch or a dict of arrays, got {type(batch).__name__}"
+        )
+    missing = [c for c in columns if c not in batch]
+    if missing:
+        raise SchemaMismatchError(f"input: missing column(s): {', '.join(missing)}")
+    arrays = {}
+    for c in columns:
+        v = batch[c]
+        if isinstance(v, np.ndarray) and v.dtype.kind == "f":
+            # NaN in a float array stands for null, as pandas does.
+            arrays[c] = pa.array(v, from_pandas=True)
+        else:
+            arrays[c] = pa.array(v) if not isinstance(v, pa.Array | pa.ChunkedArray) else v
+    lengths = {len(a) for a in arrays.values()}
+    if len(lengths) > 1:
+        sizes = ", ".join(f"{c}={len(a)}" for c, a in arrays.items())
+        raise SchemaMismatchError(f"input: columns have different lengths ({sizes})")
+    return pa.table(arrays)
