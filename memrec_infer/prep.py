@@ -125,7 +125,7 @@ def _plain_ids(arr: pa.Array) -> np.ndarray:
     n = len(arr)
     offsets = np.frombuffer(off_buf, dtype=np.int64 if large else np.int32)
     offsets = offsets[arr.offset : arr.offset + n + 1]
-    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    data = np.zeros(0, np.uint8) if data_buf is None else np.frombuffer(data_buf, dtype=np.uint8)
     if arr.null_count:
         valid = arr.is_valid().to_numpy(zero_copy_only=False)
     else:
