@@ -1,0 +1,116 @@
+"""Feature prep: raw columns -> dense matrix and jagged ids, for every input type we accept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from memrec_infer.errors import SchemaMismatchError
+from memrec_infer.kernels.ids import NULL_ID, cross_ids, string_id
+from memrec_infer.prep import FeaturePrep
+
+DENSE = [
+    {"name": "a", "transform": "identity", "fill": -1.0},
+    {"name": "b", "transform": "log1p", "fill": 0.0},
+    {"name": "c", "transform": "standard", "fill": 2.0, "mean": 1.0, "std": 2.0},
+]
+
+
+def one_hot(name, dtype="int", columns=None):
+    return {"name": name, "columns": columns or [name], "dtype": dtype, "multi_hot": False}
+
+
+def test_dense_transforms_and_nulls():
+    prep = FeaturePrep(DENSE, [])
+    t = pa.table(
+        {"a": [1, None, 3], "b": [-5.0, None, np.e - 1], "c": pa.array([3, None, 1], pa.int8())}
+    )
+    pb = prep(t)
+    assert pb.dense.dtype == np.float32 and pb.dense.shape == (3, 3)
+    np.testing.assert_allclose(pb.dense[:, 0], [1, -1, 3])
+    np.testing.assert_allclose(pb.dense[:, 1], [0, 0, 1], atol=1e-6)  # negatives clipped, null -> 0
+    np.testing.assert_allclose(pb.dense[:, 2], [1, 0.5, 0])  # null -> fill 2 -> (2-1)/2
+    assert pb.values.shape == (0,) and pb.offsets.shape == (0, 4)
+
+
+def test_nan_in_numpy_dense_is_null():
+    prep = FeaturePrep(DENSE[:1], [])
+    pb = prep({"a": np.array([np.nan, 4.0])})
+    np.testing.assert_array_equal(pb.dense[:, 0], [-1, 4])
+
+
+def test_ids_for_every_column_kind():
+    sparse = [
+        one_hot("i"),
+        one_hot("s", "string"),
+        one_hot("d", "string"),
+        one_hot("x", "cross", ["i", "s"]),
+        {"name": "l", "columns": ["l"], "dtype": "string", "multi_hot": True},
+    ]
+    t = pa.table(
+        {
+            "i": pa.array([5, None, -(2**40)], pa.int64()),
+            "s": pa.array(["UA", None, ""], pa.large_string()),
+            "d": pa.array(["x", "y", None]).dictionary_encode(),
+            "l": pa.array([["p", "q"], None, [None]]),
+        }
+    )
+    pb = FeaturePrep([], sparse)(t)
+    i_ids = [5, NULL_ID, -(2**40)]
+    s_ids = [string_id("UA"), NULL_ID, string_id("")]
+    expected = (
+        i_ids
+        + s_ids
+        + [string_id("x"), string_id("y"), NULL_ID]
+        + list(cross_ids(np.array([i_ids, s_ids])))
+        + [string_id("p"), string_id("q"), NULL_ID]
+    )
+    np.testing.assert_array_equal(pb.values, np.array(expected, dtype=np.int64))
+    np.testing.assert_array_equal(
+        pb.offsets,
+        [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9], [9, 10, 11, 12], [12, 14, 14, 15]],
+    )
+
+
+def test_unsigned_and_narrow_ints_and_slices():
+    prep = FeaturePrep([], [one_hot("u")])
+    arr = pa.array([1, 2**64 - 1, 7], pa.uint64())
+    pb = prep(pa.table({"u": arr}))
+    np.testing.assert_array_equal(pb.values, [1, -1, 7])
+    sliced = pa.table({"u": pa.array(["a", "bb", "ccc"])}).slice(1, 2)
+    pb = FeaturePrep([], [one_hot("u", "string")])(sliced)
+    np.testing.assert_array_equal(pb.values, [string_id("bb"), string_id("ccc")])
+
+
+def test_chunked_columns_match_single_chunk():
+    prep = FeaturePrep(DENSE[:1], [one_hot("s", "string")])
+    whole = pa.table({"a": [1, 2, 3], "s": ["a", "b", "c"]})
+    chunked = pa.concat_tables([whole.slice(0, 1), whole.slice(1, 2)])
+    a, b = prep(whole), prep(chunked)
+    np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(a.dense, b.dense)
+
+
+def test_schema_errors_name_every_column():
+    prep = FeaturePrep(DENSE[:1], [one_hot("i"), one_hot("s", "string"), one_hot("m")])
+    t = pa.table({"a": ["text"], "i": ["not an int"], "s": [1]})
+    with pytest.raises(SchemaMismatchError) as err:
+        prep(t)
+    msg = str(err.value)
+    assert "missing column(s): m" in msg
+    assert "'a' (dense): expected numbers, found string" in msg
+    assert "'i' (sparse feature 'i'): expected integers, found string" in msg
+    assert "'s' (sparse feature 's'): expected strings, found int64" in msg
+
+
+def test_list_column_for_one_hot_feature_is_refused():
+    prep = FeaturePrep([], [one_hot("i")])
+    with pytest.raises(SchemaMismatchError, match="trained one-hot"):
+        prep(pa.table({"i": [[1, 2]]}))
+
+
+def test_dict_input_with_ragged_lengths_is_refused():
+    prep = FeaturePrep(DENSE[:1], [one_hot("i")])
+    with pytest.raises(SchemaMismatchError, match="different lengths"):
+        prep({"a": np.zeros(2), "i": np.zeros(3, np.int64)})
