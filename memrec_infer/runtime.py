@@ -1,0 +1,164 @@
+"""The serving runtime: a model directory in, ``predict(batch)`` out.
+
+Three stages per batch, each callable on its own (benchmarks time them separately):
+
+1. :meth:`Model.prepare` - feature prep (``memrec_infer.prep``): raw columns -> dense matrix and
+   jagged ids;
+2. :meth:`Model.embed` - one Numba kernel call pools every sparse feature -> ``[B, F, D]``;
+3. :meth:`Model.dense_forward` - one ONNX Runtime run of the dense graph -> probabilities.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numba
+import numpy as np
+import onnxruntime as ort
+
+from .errors import InvalidModelError
+from .kernels.bags import BagPlan, FeatureTable, make_plan
+from .kernels.hashing import seeds_from_hex
+from .model_dir import ModelDir, read_model_dir
+from .prep import Batch, FeaturePrep, PreparedBatch
+
+
+def feature_tables(manifest: dict[str, Any]) -> list[FeatureTable]:
+    """The kernel's description of every sparse feature, in the manifest's F order."""
+    tables = {t["name"]: t for t in manifest["tables"]}
+    out = []
+    for s in manifest["sparse"]:
+        t = tables[s["table"]]
+        common = {
+            "kind": t["kind"],
+            "token_offset": int(t["token_offset"]),
+            "rows": int(t["rows"]),
+            "slot": int(s.get("slot", t["features"].index(s["name"]))),
+            "pooling": s["pooling"],
+        }
+        if t["kind"] == "memrec":
+            out.append(
+                FeatureTable(
+                    **common,
+                    token_seeds=seeds_from_hex(t["token_seeds"]),
+                    weight_offset=int(t["weight_offset"]),
+                    weight_rows=int(t["weight_rows"]),
+                    weight_cols=int(t["weight_cols"]),
+                    weight_seeds=seeds_from_hex(t["weight_seeds"]),
+                )
+            )
+        else:
+            out.append(FeatureTable(**common, vocab_offset=int(t["vocab_offset"])))
+    return out
+
+
+def _session(path: Path, threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning ORT workers would compete with the Numba threads that run between ORT calls.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own untyped errors for unreadable graphs
+        raise InvalidModelError(f"{path}: ONNX Runtime cannot load the dense graph: {exc}") from exc
+
+
+class Model:
+    """A loaded model directory. Use :func:`load`.
+
+    Not meant for concurrent ``predict`` calls from several threads on one instance: each thread
+    gets its own output buffer, but Numba's and ONNX Runtime's thread pools are shared.
+    """
+
+    def __init__(self, model_dir: ModelDir, threads: int | None = None) -> None:
+        self.path = Path(model_dir.path)
+        self.manifest: dict[str, Any] = model_dir.manifest
+        self.threads = threads or numba.config.NUMBA_NUM_THREADS
+        numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        self.prep = FeaturePrep(self.manifest["dense"], self.manifest["sparse"])
+        try:
+            self.plan: BagPlan = make_plan(
+                feature_tables(self.manifest), model_dir.tokens, model_dir.weights, model_dir.vocab
+            )
+        except ValueError as exc:
+            raise InvalidModelError(
+                f"{self.path}: tables do not match the manifest: {exc}"
+            ) from exc
+        graph = self.manifest["dense_graph"]
+        self.session = _session(model_dir.onnx_path, self.threads)
+        self._inputs = list(graph["inputs"])
+        self._output = graph["output"]
+        self._local = threading.local()
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Sparse feature names in F order."""
+        return [s["name"] for s in self.manifest["sparse"]]
+
+    @property
+    def dense_names(self) -> list[str]:
+        """Dense feature names in input order."""
+        return [d["name"] for d in self.manifest["dense"]]
+
+    def prepare(self, batch: Batch) -> PreparedBatch:
+        """Stage 1: raw columns -> dense matrix and jagged ids."""
+        return self.prep(batch)
+
+    def embed(self, pb: PreparedBatch, out: np.ndarray | None = None) -> np.ndarray:
+        """Stage 2: pooled embeddings float32 ``[B, F, D]`` of a prepared batch."""
+        if out is None:
+            out = self._buffer(pb.num_rows)
+        return self.plan.lookup(pb.values, pb.offsets, out=out)
+
+    def dense_forward(self, dense: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+        """Stage 3: the dense graph -> probabilities float32 ``[B]``."""
+        if dense.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        feeds = {self._inputs[0]: dense, self._inputs[1]: embeddings}
+        return self.session.run([self._output], feeds)[0]
+
+    def predict(self, batch: Batch) -> np.ndarray:
+        """Probabilities float32 ``[B]`` for a batch of raw columns.
+
+        Parameters
+        ----------
+        batch : pyarrow.Table, pyarrow.RecordBatch or dict of column name -> array
+            The raw input columns named in the manifest (``self.prep.columns``); extra columns
+            are ignored.
+        """
+        pb = self.prepare(batch)
+        return self.dense_forward(pb.dense, self.embed(pb))
+
+    def _buffer(self, rows: int) -> np.ndarray:
+        """A reusable ``[rows, F, D]`` output (fresh large outputs page-fault on every call)."""
+        buf = getattr(self._local, "buf", None)
+        if buf is None or buf.shape[0] < rows:
+            buf = np.empty((max(rows, 1), self.plan.num_features, self.plan.dim), np.float32)
+            self._local.buf = buf
+        return buf[:rows]
+
+
+def load(
+    path: str | os.PathLike[str], *, threads: int | None = None, verify: bool = False
+) -> Model:
+    """Open a model directory written by ``memrec-infer convert``.
+
+    Parameters
+    ----------
+    path : the model directory
+    threads : threads for both Numba and ONNX Runtime (default: all cores); one number so the
+        two pools do not fight over cores
+    verify : also check every file's sha256 (reads every byte; sizes are always checked)
+
+    Raises
+    ------
+    InvalidModelError
+        The directory is missing, corrupted, or of an unsupported format version.
+    """
+    return Model(read_model_dir(Path(path), verify=verify), threads=threads)
