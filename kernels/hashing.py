@@ -17,11 +17,23 @@ _S32 = np.uint64(32)
 
 
 @numba.njit(inline="always", **JIT)
-def bucket(x: np.int64, slot: np.uint64, a0, a1, a2, b, m: np.uint64) -> np.int64:
-    """Bucket of id ``x`` in ``[0, m)`` for one hash function (spec section 2)."""
+def bucket_keyed(x: np.int64, a0, a1, c, m: np.uint64) -> np.int64:
+    """:func:`bucket` with the slot term folded into ``c = a2*slot + b`` (mod 2**64).
+
+    A kernel computes ``c`` once per feature and hash function, saving a multiply per id.
+    """
     u = np.uint64(x)
-    v = a0 * (u & _MASK32) + a1 * (u >> _S32) + a2 * slot + b
+    v = a0 * (u & _MASK32) + a1 * (u >> _S32) + c
     return np.int64(((v >> _S32) * m) >> _S32)
+
+
+@numba.njit(inline="always", **JIT)
+def bucket(x: np.int64, slot: np.uint64, a0, a1, a2, b, m: np.uint64) -> np.int64:
+    """Bucket of id ``x`` in ``[0, m)`` for one hash function (spec section 2).
+
+    All of ``slot, a0, a1, a2, b, m`` must be ``uint64`` (mixing in int64 would give floats).
+    """
+    return bucket_keyed(x, a0, a1, a2 * slot + b, m)
 
 
 @numba.njit(parallel=True, **JIT)
@@ -73,5 +85,6 @@ def seeds_to_hex(seeds: np.ndarray) -> list[list[str]]:
 def seeds_from_hex(rows: list[list[str]] | list[list[int]]) -> np.ndarray:
     """Inverse of :func:`seeds_to_hex`; also accepts plain Python ints."""
     vals = [[int(v, 16) if isinstance(v, str) else int(v) for v in row] for row in rows]
-    arr = np.array(vals, dtype=np.uint64).reshape(len(vals), 4) if vals else np.zeros((0, 4), np.uint64)
-    return arr
+    if not vals:
+        return np.zeros((0, 4), np.uint64)
+    return np.array(vals, dtype=np.uint64).reshape(len(vals), 4)

@@ -1,0 +1,328 @@
+"""Bag lookup kernels against a plain-loop reference of docs/hashing.md sections 2-4."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from memrec_infer.kernels.bags import FeatureTable, full_bag_rows, make_plan
+from memrec_infer.kernels.hashing import draw_seeds
+from memrec_infer.kernels.ids import NULL_ID
+
+M64 = 2**64
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1
+PARALLEL = [False, True]  # every kernel variant the dispatcher can pick
+
+
+# ---------------------------------------------------------------- reference (plain Python)
+
+
+def ref_bucket(x: int, slot: int, seed: np.ndarray, m: int) -> int:
+    a0, a1, a2, b = (int(v) for v in seed)
+    u = x % M64
+    v = (a0 * (u & 0xFFFFFFFF) + a1 * (u >> 32) + a2 * slot + b) % M64
+    return ((v >> 32) * m) >> 32
+
+
+def ref_embedding(ft: FeatureTable, x: int, tokens, weights, vocab) -> np.ndarray:
+    if ft.kind == "full":
+        vs = [int(v) for v in vocab[ft.vocab_offset : ft.vocab_offset + ft.rows - 1]]
+        row = vs.index(x) + 1 if x in vs else 0
+        return tokens[ft.token_offset + row].astype(np.float64)
+    k = ft.token_seeds.shape[0]
+    w = weights[ft.weight_offset : ft.weight_offset + ft.weight_rows * ft.weight_cols]
+    w = w.reshape(ft.weight_rows, ft.weight_cols).astype(np.float64)
+    alpha = sum(w[ref_bucket(x, ft.slot, s, ft.weight_rows)] for s in ft.weight_seeds)
+    z = np.zeros(tokens.shape[1])
+    for j in range(k):
+        h = ref_bucket(x, ft.slot, ft.token_seeds[j], ft.rows)
+        z += alpha[j if ft.weight_cols > 1 else 0] * tokens[ft.token_offset + h]
+    return z
+
+
+def ref_lookup(features, tokens, weights, vocab, values, offsets) -> np.ndarray:
+    nb = offsets.shape[1] - 1
+    out = np.zeros((nb, len(features), tokens.shape[1]))
+    for f, ft in enumerate(features):
+        for b in range(nb):
+            bag = [int(v) for v in values[offsets[f, b] : offsets[f, b + 1]]]
+            for x in bag:
+                out[b, f] += ref_embedding(ft, x, tokens, weights, vocab)
+            if ft.pooling == "mean" and bag:
+                out[b, f] /= len(bag)
+    return out
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+def memrec(rng, token_offset, rows, weight_offset, *, k=2, kw=2, per_hash=True, **kw_args):
+    wr = 7
+    return FeatureTable(
+        "memrec",
+        token_offset,
+        rows,
+        token_seeds=draw_seeds(rng, k),
+        weight_offset=weight_offset,
+        weight_rows=wr,
+        weight_cols=k if per_hash else 1,
+        weight_seeds=draw_seeds(rng, kw),
+        **kw_args,
+    )
+
+
+def tables(rng, n_tokens=64, n_weights=128, dim=8, vocab_ids=(-5, 3, 10, 99)):
+    tokens = rng.standard_normal((n_tokens, dim)).astype(np.float32)
+    weights = rng.standard_normal(n_weights).astype(np.float32)
+    return tokens, weights, np.array(vocab_ids, dtype=np.int64)
+
+
+def mixed_features(rng):
+    """Shared memrec table (slots 0 and 1), scalar weights + mean, and a full table."""
+    return [
+        memrec(rng, 0, 20, 0, slot=0),
+        memrec(rng, 0, 20, 14, slot=1, pooling="mean"),
+        memrec(rng, 20, 11, 28, k=3, kw=1, per_hash=False),
+        FeatureTable("full", 40, 5, pooling="sum", vocab_offset=0),
+        FeatureTable("full", 40, 5, pooling="mean", vocab_offset=0),
+    ]
+
+
+def jagged(rng, nf, nb, max_len, pool):
+    lengths = rng.integers(0, max_len + 1, size=(nf, nb))
+    starts = np.concatenate([[0], np.cumsum(lengths.sum(axis=1))])
+    offsets = np.zeros((nf, nb + 1), dtype=np.int64)
+    for f in range(nf):
+        offsets[f] = starts[f] + np.concatenate([[0], np.cumsum(lengths[f])])
+    values = rng.choice(np.asarray(pool, dtype=np.int64), size=int(starts[-1]))
+    return values, offsets
+
+
+EDGE_IDS = [0, 1, -1, 3, 10, 99, -5, 7, I64_MIN, I64_MAX, 2**53 + 1, -(2**53) - 1, 2**32]
+
+
+def check(features, tokens, weights, vocab, values, offsets, parallel, **kw):
+    plan = make_plan(features, tokens, weights, vocab)
+    got = plan.lookup(values, offsets, parallel=parallel, **kw)
+    want = ref_lookup(features, tokens, weights, vocab, values, offsets)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    return got
+
+
+# ---------------------------------------------------------------- lookups vs reference
+
+
+@pytest.mark.parametrize("parallel", PARALLEL)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mixed_random_batches(parallel, seed):
+    rng = np.random.default_rng(seed)
+    tokens, weights, vocab = tables(rng)
+    features = mixed_features(rng)
+    values, offsets = jagged(rng, len(features), 37, 4, EDGE_IDS)
+    check(features, tokens, weights, vocab, values, offsets, parallel)
+
+
+@pytest.mark.parametrize("parallel", PARALLEL)
+def test_many_samples_cross_tiles(parallel):
+    # More samples than one tile, so the parallel kernel splits work over several tiles.
+    rng = np.random.default_rng(3)
+    tokens, weights, vocab = tables(rng, dim=16)
+    features = mixed_features(rng)
+    values, offsets = jagged(rng, len(features), 700, 2, EDGE_IDS + list(range(50)))
+    plan = make_plan(features, tokens, weights, vocab)
+    assert -(-700 // plan.tile(700, parallel)) > 1
+    check(features, tokens, weights, vocab, values, offsets, parallel)
+
+
+@pytest.mark.parametrize("parallel", PARALLEL)
+def test_edge_bags_empty_single_repeated_and_extreme_ids(parallel):
+    rng = np.random.default_rng(4)
+    tokens, weights, vocab = tables(rng)
+    features = mixed_features(rng)
+    bags = [[], [I64_MIN], [I64_MAX, I64_MAX, I64_MAX], [int(NULL_ID), 0, -1], [99, 99, 123]]
+    values = np.array([x for _ in features for bag in bags for x in bag], dtype=np.int64)
+    lens = [len(bag) for bag in bags]
+    offsets = np.array(
+        [np.concatenate([[0], np.cumsum(lens)]) + f * sum(lens) for f in range(len(features))],
+        dtype=np.int64,
+    )
+    got = check(features, tokens, weights, vocab, values, offsets, parallel)
+    assert not got[0].any()  # empty bags pool to zeros, in every feature
+    # Repeated ids: sum pooling triples the single embedding, mean pooling keeps it.
+    z0 = ref_embedding(features[0], I64_MAX, tokens, weights, vocab)
+    z1 = ref_embedding(features[1], I64_MAX, tokens, weights, vocab)
+    np.testing.assert_allclose(got[2, 0], 3 * z0, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[2, 1], z1, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("parallel", PARALLEL)
+def test_full_table_oov_rows_and_vocab_positions(parallel):
+    rng = np.random.default_rng(5)
+    tokens, weights, vocab = tables(rng)
+    features = [FeatureTable("full", 40, 5, vocab_offset=0)]
+    ids = [-5, 3, 10, 99, 4, I64_MIN, I64_MAX, -6, 100]
+    values = np.array(ids, dtype=np.int64)
+    offsets = np.arange(len(ids) + 1, dtype=np.int64)[None]
+    got = make_plan(features, tokens, weights, vocab).lookup(values, offsets, parallel=parallel)
+    rows = [1, 2, 3, 4, 0, 0, 0, 0, 0]  # 1 + position in the vocabulary, 0 = out of vocabulary
+    np.testing.assert_array_equal(got[:, 0], tokens[40 + np.array(rows)])
+
+
+@pytest.mark.parametrize("parallel", PARALLEL)
+def test_shared_table_slots_hash_differently(parallel):
+    rng = np.random.default_rng(6)
+    tokens, weights, vocab = tables(rng, n_tokens=4096, dim=4)
+    seeds = draw_seeds(rng, 2)
+    wseeds = draw_seeds(rng, 1)
+    same = dict(token_seeds=seeds, weight_rows=1, weight_cols=1, weight_seeds=wseeds)
+    features = [FeatureTable("memrec", 0, 4096, slot=s, **same) for s in (0, 1)]
+    values = np.array([42, 42], dtype=np.int64)
+    offsets = np.array([[0, 1], [1, 2]], dtype=np.int64)
+    got = check(features, tokens, weights, vocab, values, offsets, parallel)
+    assert not np.allclose(got[0, 0], got[0, 1])
+
+
+@pytest.mark.parametrize("parallel", PARALLEL)
+def test_batch_of_one_and_batch_of_zero(parallel):
+    rng = np.random.default_rng(7)
+    tokens, weights, vocab = tables(rng)
+    features = mixed_features(rng)
+    values, offsets = jagged(rng, len(features), 1, 3, EDGE_IDS)
+    check(features, tokens, weights, vocab, values, offsets, parallel)
+    plan = make_plan(features, tokens, weights, vocab)
+    empty = plan.lookup(np.zeros(0, np.int64), np.zeros((5, 1), np.int64), parallel=parallel)
+    assert empty.shape == (0, 5, 8)
+
+
+@pytest.mark.parametrize("parallel", PARALLEL)
+def test_readonly_memmapped_tables_and_preallocated_out(tmp_path, parallel):
+    rng = np.random.default_rng(8)
+    tokens, weights, vocab = tables(rng)
+    for name, arr in (("tokens", tokens), ("weights", weights), ("vocab", vocab)):
+        np.save(tmp_path / f"{name}.npy", arr)
+    mapped = [np.load(tmp_path / f"{n}.npy", mmap_mode="r") for n in ("tokens", "weights", "vocab")]
+    assert not mapped[0].flags.writeable
+    features = mixed_features(rng)
+    plan = make_plan(features, *mapped)
+    assert np.shares_memory(plan.tokens, mapped[0])  # used in place, not copied
+    values, offsets = jagged(rng, len(features), 90, 3, EDGE_IDS)
+    out = np.full((90, len(features), 8), np.nan, dtype=np.float32)  # stale content
+    got = plan.lookup(values, offsets, out=out, parallel=parallel)
+    assert got is out
+    want = ref_lookup(features, tokens, weights, vocab, values, offsets)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    # Read-only ids and offsets (e.g. zero-copy Arrow buffers) are accepted as well.
+    values.flags.writeable = False
+    offsets.flags.writeable = False
+    np.testing.assert_array_equal(plan.lookup(values, offsets, parallel=parallel), out)
+
+
+def test_dispatcher_picks_serial_for_small_and_parallel_for_large_batches():
+    rng = np.random.default_rng(9)
+    tokens, weights, vocab = tables(rng)
+    plan = make_plan(mixed_features(rng), tokens, weights, vocab)
+    for nb in (1, 64, 65, 1000):
+        values, offsets = jagged(rng, 5, nb, 2, EDGE_IDS)
+        auto = plan.lookup(values, offsets)
+        for parallel in PARALLEL:
+            np.testing.assert_array_equal(auto, plan.lookup(values, offsets, parallel=parallel))
+
+
+# ---------------------------------------------------------------- full_bag_rows
+
+
+@pytest.mark.parametrize("parallel", PARALLEL)
+@pytest.mark.parametrize("mean", [False, True])
+def test_full_bag_rows_matches_numpy(parallel, mean):
+    rng = np.random.default_rng(10)
+    table = rng.standard_normal((50, 12)).astype(np.float32)
+    lengths = rng.integers(0, 4, size=300)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    indices = rng.integers(0, 50, size=int(offsets[-1])).astype(np.int64)
+    out = np.full((300, 12), np.nan, dtype=np.float32)
+    got = full_bag_rows(indices, offsets, table, out=out, mean=mean, parallel=parallel)
+    assert got is out
+    for b in range(300):
+        rows = table[indices[offsets[b] : offsets[b + 1]]].astype(np.float64)
+        want = rows.sum(axis=0) if rows.shape[0] else np.zeros(12)
+        if mean and rows.shape[0]:
+            want /= rows.shape[0]
+        np.testing.assert_allclose(got[b], want, rtol=1e-5, atol=1e-6)
+
+
+def test_full_bag_rows_rejects_bad_input():
+    table = np.zeros((4, 2), np.float32)
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 4\)"):
+        full_bag_rows(np.array([0, 4], np.int64), np.array([0, 2], np.int64), table)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        full_bag_rows(np.array([0, 1], np.int64), np.array([0, 2, 1], np.int64), table)
+    with pytest.raises(ValueError, match="int64"):
+        full_bag_rows(np.array([0, 1], np.int32), np.array([0, 2], np.int64), table)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def valid_parts(rng):
+    tokens, weights, vocab = tables(rng)
+    return mixed_features(rng), tokens, weights, vocab
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f, t, w, v: (f, t.astype(np.float64), w, v), "tokens must be a float32"),
+        (lambda f, t, w, v: (f, np.asfortranarray(t), w, v), "tokens must be C-contiguous"),
+        (lambda f, t, w, v: (f, t, w[:20], v), r"weight elements \[14, 28\)"),
+        (lambda f, t, w, v: (f, t, w, v.astype(np.int32)), "vocab must be a int64"),
+        (lambda f, t, w, v: (f, t[:30], w, v), r"token rows \[20, 31\) must lie inside"),
+        (lambda f, t, w, v: (f, t, w, v[::-1].copy()), "strictly increasing"),
+        (lambda f, t, w, v: (f, t, w, v[:2]), r"vocabulary \[0, 4\)"),
+        (lambda f, t, w, v: ([replace(f[0], kind="dense")], t, w, v), "'memrec' or 'full'"),
+        (lambda f, t, w, v: ([replace(f[0], pooling="max")], t, w, v), "'sum' or 'mean'"),
+        (lambda f, t, w, v: ([replace(f[0], weight_cols=3)], t, w, v), "weight_cols must be k"),
+        (lambda f, t, w, v: ([replace(f[0], rows=0)], t, w, v), r"rows must be in \[1, 2\*\*31\)"),
+        (lambda f, t, w, v: ([replace(f[0], slot=-1)], t, w, v), "slot must be in"),
+        (
+            lambda f, t, w, v: ([replace(f[0], token_seeds=f[0].token_seeds[:, :3])], t, w, v),
+            r"token_seeds must be a uint64 array of shape \[k >= 1, 4\]",
+        ),
+        (
+            lambda f, t, w, v: ([replace(f[0], weight_seeds=None)], t, w, v),
+            "weight_seeds must be a uint64",
+        ),
+    ],
+)
+def test_make_plan_rejects_inconsistent_tables(change, message):
+    parts = change(*valid_parts(np.random.default_rng(11)))
+    with pytest.raises(ValueError, match=message):
+        make_plan(*parts)
+
+
+def test_lookup_rejects_bad_values_offsets_and_out():
+    rng = np.random.default_rng(12)
+    plan = make_plan(*valid_parts(rng))
+    values, offsets = jagged(rng, 5, 3, 2, EDGE_IDS)
+    with pytest.raises(ValueError, match=r"shape \[F, B \+ 1\] = \[5, B \+ 1\]"):
+        plan.lookup(values, offsets[:4])
+    with pytest.raises(ValueError, match="values must be a int64"):
+        plan.lookup(values.astype(np.float64), offsets)
+    bad = offsets.copy()
+    bad[2, 1] = bad[2, 2] + 1
+    with pytest.raises(ValueError, match=r"offsets\[2\] must be non-decreasing"):
+        plan.lookup(values, bad)
+    bad = offsets.copy()
+    bad[4, -1] = len(values) + 1
+    with pytest.raises(ValueError, match=r"offsets\[4\] must be non-decreasing within"):
+        plan.lookup(values, bad)
+    bad = offsets.copy()
+    bad[0, 0] = -1
+    with pytest.raises(ValueError, match=r"offsets\[0\]"):
+        plan.lookup(values, bad)
+    with pytest.raises(ValueError, match=r"out must be a writable float32 array of shape"):
+        plan.lookup(values, offsets, out=np.empty((3, 5, 7), np.float32))
+    with pytest.raises(ValueError, match="out must be a float32"):
+        plan.lookup(values, offsets, out=np.empty((3, 5, 8), np.float64))
