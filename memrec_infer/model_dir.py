@@ -1,0 +1,556 @@
+"""Write and strictly read the model directory (docs/model-format.md, format_version 1).
+
+Writing streams each table into the stacked ``tokens.npy`` / ``weights.npy`` / ``vocab.npy``
+(NumPy 1.0 headers, little-endian, C-order, data 64-byte aligned) while hashing them, then writes
+``dense.onnx`` and ``manifest.json`` (sorted keys) with every file's byte size and sha256.
+
+Reading trusts nothing: supported format version, exact file sizes, sha256 (``verify=True``),
+``.npy`` header (version, dtype, order, alignment, shape), every table's range inside the stacked
+arrays, and the ONNX graph's inputs and output. Any failure raises
+:class:`~memrec_infer.errors.InvalidModelError` naming the file and the check; arrays are
+memory-mapped, so opening copies nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import platform
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidModelError
+from .spec import ModelSpec, table_rows, table_vocab, table_weight
+
+__all__ = [
+    "FORMAT_VERSION",
+    "SUPPORTED_FORMAT_VERSIONS",
+    "ModelDir",
+    "TableArrays",
+    "parse_seeds",
+    "read_model_dir",
+    "table_footprint",
+    "write_model_dir",
+    "writer_versions",
+]
+
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = frozenset({1})
+HASHING = "memrec-hash-v1"
+MANIFEST = "manifest.json"
+TOKENS, WEIGHTS, VOCAB, DENSE_ONNX = "tokens.npy", "weights.npy", "vocab.npy", "dense.onnx"
+ALIGN = 64
+_CHUNK = 1 << 24
+
+
+# ---------------------------------------------------------------------------------- writing
+def _write_npy(path: Path, dtype: str, shape: tuple[int, ...], parts: Iterable[np.ndarray]) -> dict:
+    """Write a stacked ``.npy`` from ``parts`` without concatenating them in memory."""
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        head, {"descr": dtype, "fortran_order": False, "shape": shape}
+    )
+    header = head.getvalue()
+    # NumPy pads format 1.0 headers to 64 bytes; memory-mapped tables rely on it, so check.
+    if len(header) % ALIGN:
+        raise RuntimeError(f"numpy wrote a {len(header)}-byte .npy header, not 64-aligned")
+    sha = hashlib.sha256(header)
+    with open(path, "wb") as f:
+        f.write(header)
+        for part in parts:
+            data = np.ascontiguousarray(part, dtype=np.dtype(dtype)).reshape(-1)
+            for start in range(0, data.size, _CHUNK):
+                chunk = data[start : start + _CHUNK].tobytes()
+                sha.update(chunk)
+                f.write(chunk)
+    return {"bytes": path.stat().st_size, "sha256": sha.hexdigest()}
+
+
+def _file_entry(path: Path) -> dict:
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def _seeds_hex(seeds: np.ndarray) -> list[list[str]]:
+    return [[f"0x{int(v):016x}" for v in row] for row in np.asarray(seeds, dtype=np.uint64)]
+
+
+def _table_entries(spec: ModelSpec) -> list[dict[str, Any]]:
+    entries, tok, wgt, voc = [], 0, 0, 0
+    for t in spec.tables:
+        e: dict[str, Any] = {
+            "name": t.name,
+            "kind": t.kind,
+            "features": list(t.features),
+            "rows": t.rows,
+            "token_offset": tok,
+            "cardinality": t.cardinality,
+        }
+        tok += t.rows
+        if t.kind == "memrec":
+            e.update(
+                k=t.k,
+                token_seeds=_seeds_hex(t.token_seeds),
+                weight_rows=t.weight_rows,
+                weight_cols=t.weight_cols,
+                weight_offset=wgt,
+                k_w=t.k_w,
+                weight_seeds=_seeds_hex(t.weight_seeds),
+            )
+            wgt += t.weight_rows * t.weight_cols
+        else:
+            e["vocab_offset"] = voc
+            voc += t.rows - 1
+        entries.append(e)
+    return entries
+
+
+def write_model_dir(
+    spec: ModelSpec,
+    out: str | Path,
+    dense_graph: Any,
+    opset: int,
+    source: dict[str, Any],
+    writer: dict[str, str],
+) -> dict[str, Any]:
+    """Write ``spec`` as a model directory into the existing empty directory ``out``.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        A validated spec; its table tensors must be float32 / int64 of the declared shapes.
+    out : str or Path
+        An existing, empty directory.
+    dense_graph : onnx.ModelProto
+        The dense graph (see :func:`memrec_infer.onnx_graph.build_dense_graph`).
+    opset : int
+        The graph's opset, recorded in the manifest.
+    source : dict
+        Provenance recorded as ``manifest["source"]`` (checkpoint name, sha256, train record).
+    writer : dict
+        Versions of the writing software, recorded as ``manifest["writer"]``.
+
+    Returns
+    -------
+    dict
+        The manifest written to ``manifest.json``.
+    """
+    out = Path(out)
+    dim = spec.embedding_dim
+    memrec = [t for t in spec.tables if t.kind == "memrec"]
+    full = [t for t in spec.tables if t.kind == "full"]
+    files = {
+        TOKENS: _write_npy(
+            out / TOKENS,
+            "<f4",
+            (sum(t.rows for t in spec.tables), dim),
+            (spec.tensors[table_rows(t.name)] for t in spec.tables),
+        ),
+        WEIGHTS: _write_npy(
+            out / WEIGHTS,
+            "<f4",
+            (sum(t.weight_rows * t.weight_cols for t in memrec),),
+            (spec.tensors[table_weight(t.name)] for t in memrec),
+        ),
+        VOCAB: _write_npy(
+            out / VOCAB,
+            "<i8",
+            (sum(t.rows - 1 for t in full),),
+            (spec.tensors[table_vocab(t.name)] for t in full),
+        ),
+    }
+    (out / DENSE_ONNX).write_bytes(dense_graph.SerializeToString())
+    files[DENSE_ONNX] = _file_entry(out / DENSE_ONNX)
+
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "family": spec.family,
+        "family_revision": spec.family_revision,
+        "hashing": HASHING,
+        "embedding_dim": dim,
+        "dense": [_dense_entry(d) for d in spec.dense],
+        "sparse": [
+            {
+                "name": f.name,
+                "columns": list(f.columns),
+                "dtype": f.dtype,
+                "multi_hot": f.multi_hot,
+                "table": f.table,
+                "slot": f.slot,
+                "pooling": f.pooling,
+            }
+            for f in spec.sparse
+        ],
+        "tables": _table_entries(spec),
+        "interaction": spec.interaction,
+        "self_interaction": spec.self_interaction,
+        "dense_graph": {
+            "file": DENSE_ONNX,
+            "inputs": ["dense", "embeddings"],
+            "output": "score",
+            "opset": opset,
+        },
+        "files": files,
+        "label": spec.label,
+        "source": source,
+        "writer": writer,
+    }
+    text = json.dumps(manifest, sort_keys=True, indent=1, allow_nan=False)
+    (out / MANIFEST).write_text(text + "\n", encoding="utf-8")
+    return manifest
+
+
+def _dense_entry(d: Any) -> dict[str, Any]:
+    e = {"name": d.name, "transform": d.transform, "fill": d.fill}
+    if d.transform == "standard":
+        e.update(mean=d.mean, std=d.std)
+    return e
+
+
+def writer_versions() -> dict[str, str]:
+    """Versions of the software that writes a model directory."""
+    import onnx
+
+    from . import __version__
+
+    return {
+        "memrec_infer": __version__,
+        "numpy": np.__version__,
+        "onnx": onnx.__version__,
+        "python": platform.python_version(),
+    }
+
+
+# ---------------------------------------------------------------------------------- reading
+@dataclass(frozen=True)
+class TableArrays:
+    """One table's arrays: memory-mapped views into the stacked files, seeds as ``uint64``.
+
+    ``token`` is [rows, D] (token rows for ``memrec``, all rows for ``full``); ``weight`` is
+    [weight_rows, weight_cols] and ``token_seeds`` / ``weight_seeds`` are [k, 4] / [k_w, 4]
+    (``memrec`` only, else None); ``vocab`` is int64 [rows - 1] (``full`` only, else None).
+    """
+
+    name: str
+    kind: str
+    features: tuple[str, ...]
+    token: np.ndarray
+    weight: np.ndarray | None
+    vocab: np.ndarray | None
+    token_seeds: np.ndarray | None
+    weight_seeds: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """An opened, checked model directory.
+
+    Attributes
+    ----------
+    path : Path
+    manifest : dict
+        The parsed ``manifest.json``.
+    tokens, weights, vocab : numpy.ndarray
+        The stacked arrays, memory-mapped read-only.
+    onnx_path : Path
+        The dense graph file.
+    tables : dict[str, TableArrays]
+        Every table by name, in manifest order.
+    """
+
+    path: Path
+    manifest: dict[str, Any]
+    tokens: np.ndarray
+    weights: np.ndarray
+    vocab: np.ndarray
+    onnx_path: Path
+    tables: dict[str, TableArrays]
+
+
+def _fail(path: Path, check: str) -> InvalidModelError:
+    return InvalidModelError(f"model directory {path.parent}: {path.name}: {check}")
+
+
+def parse_seeds(rows: Any, where: str = "seeds") -> np.ndarray:
+    """Hash seeds from the manifest (``[["0x..", x4], ...]``) as a ``uint64`` array [k, 4].
+
+    Raises
+    ------
+    InvalidModelError
+        A row is not four ``"0x"``-prefixed hex strings of at most 64 bits.
+    """
+    out = []
+    if not isinstance(rows, list):
+        raise InvalidModelError(f"{where}: expected a list of [4] hex strings, found {rows!r:.60}")
+    for row in rows:
+        vals = []
+        for v in row if isinstance(row, list) and len(row) == 4 else [None]:
+            try:
+                if not (isinstance(v, str) and v.startswith("0x")):
+                    raise ValueError
+                n = int(v, 16)
+                if not 0 <= n < 2**64:
+                    raise ValueError
+            except ValueError:
+                raise InvalidModelError(
+                    f"{where}: expected rows of four '0x' hex strings < 2**64, found {row!r:.80}"
+                ) from None
+            vals.append(n)
+        out.append(vals)
+    return np.array(out, dtype=np.uint64).reshape(len(out), 4)
+
+
+def _open_npy(path: Path, dtype: str, ndim: int, recorded_bytes: int) -> np.ndarray:
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version != (1, 0):
+                raise _fail(path, f"npy format version {version}, expected (1, 0)")
+            shape, fortran, dt = np.lib.format.read_array_header_1_0(f)
+        except ValueError as exc:
+            raise _fail(path, f"not a valid .npy header ({exc})") from None
+        offset = f.tell()
+    if dt != np.dtype(dtype) or fortran or len(shape) != ndim:
+        raise _fail(
+            path,
+            f"expected {np.dtype(dtype).str} C-order {ndim}-d array, found {dt.str} "
+            f"{'Fortran' if fortran else 'C'}-order shape {shape}",
+        )
+    if offset % ALIGN:
+        raise _fail(path, f"array data starts at byte {offset}, not {ALIGN}-byte aligned")
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    if expected != recorded_bytes:
+        raise _fail(path, f"header says {expected} bytes, the manifest records {recorded_bytes}")
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def _check_files(root: Path, files: Any, verify: bool) -> None:
+    if not isinstance(files, dict):
+        raise _fail(root / MANIFEST, "'files' must map file names to {bytes, sha256}")
+    for name in (TOKENS, WEIGHTS, VOCAB, DENSE_ONNX):
+        if name not in files:
+            raise _fail(root / MANIFEST, f"'files' has no entry for {name}")
+    for name, entry in files.items():
+        path = root / name
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise _fail(root / MANIFEST, f"'files' names {name!r}, outside the directory")
+        if not isinstance(entry, dict) or not _is_int(entry.get("bytes")):
+            raise _fail(root / MANIFEST, f"'files'[{name!r}] must have an integer 'bytes'")
+        if not path.is_file():
+            raise _fail(path, "file is missing")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise _fail(
+                path, f"size check failed: {size} bytes, the manifest records {entry['bytes']}"
+            )
+        if verify and _sha256(path) != entry.get("sha256"):
+            raise _fail(path, "sha256 check failed: the file is corrupted or was modified")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_field(path: Path, entry: dict, key: str, where: str, low: int = 0) -> int:
+    v = entry.get(key)
+    if not _is_int(v) or v < low:
+        raise _fail(path, f"{where}: '{key}' must be an int >= {low}, found {v!r}")
+    return v
+
+
+def _table_arrays(
+    root: Path, m: dict, tokens: np.ndarray, weights: np.ndarray, vocab: np.ndarray
+) -> dict[str, TableArrays]:
+    mpath = root / MANIFEST
+    if not isinstance(m.get("tables"), list):
+        raise _fail(mpath, "'tables' must be a list")
+    out: dict[str, TableArrays] = {}
+    for i, t in enumerate(m["tables"]):
+        where = f"tables[{i}]"
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            raise _fail(mpath, f"{where} must be a dict with a string 'name'")
+        where = f"table {t['name']!r}"
+        rows = _int_field(mpath, t, "rows", where, 1)
+        tok = _int_field(mpath, t, "token_offset", where)
+        if tok + rows > tokens.shape[0]:
+            raise _fail(
+                root / TOKENS,
+                f"range check failed: {where} needs rows [{tok}, {tok + rows}), the file has "
+                f"{tokens.shape[0]}",
+            )
+        token, weight, voc, tseeds, wseeds = tokens[tok : tok + rows], None, None, None, None
+        if t.get("kind") == "memrec":
+            k = _int_field(mpath, t, "k", where, 1)
+            k_w = _int_field(mpath, t, "k_w", where, 1)
+            wr = _int_field(mpath, t, "weight_rows", where, 1)
+            wc = _int_field(mpath, t, "weight_cols", where, 1)
+            wo = _int_field(mpath, t, "weight_offset", where)
+            if wc not in (1, k):
+                raise _fail(mpath, f"{where}: weight_cols must be 1 or k={k}, found {wc}")
+            if wo + wr * wc > weights.shape[0]:
+                raise _fail(
+                    root / WEIGHTS,
+                    f"range check failed: {where} needs elements [{wo}, {wo + wr * wc}), the "
+                    f"file has {weights.shape[0]}",
+                )
+            weight = weights[wo : wo + wr * wc].reshape(wr, wc)
+            tseeds = parse_seeds(t.get("token_seeds"), f"{MANIFEST}: {where}: token_seeds")
+            wseeds = parse_seeds(t.get("weight_seeds"), f"{MANIFEST}: {where}: weight_seeds")
+            if tseeds.shape[0] != k or wseeds.shape[0] != k_w:
+                raise _fail(mpath, f"{where}: expected {k} token and {k_w} weight seed rows")
+        elif t.get("kind") == "full":
+            vo = _int_field(mpath, t, "vocab_offset", where)
+            if vo + rows - 1 > vocab.shape[0]:
+                raise _fail(
+                    root / VOCAB,
+                    f"range check failed: {where} needs ids [{vo}, {vo + rows - 1}), the file "
+                    f"has {vocab.shape[0]}",
+                )
+            voc = vocab[vo : vo + rows - 1]
+        else:
+            raise _fail(mpath, f"{where}: kind must be 'memrec' or 'full', found {t.get('kind')!r}")
+        features = t.get("features")
+        if not (isinstance(features, list) and all(isinstance(f, str) for f in features)):
+            raise _fail(mpath, f"{where}: 'features' must be a list of names")
+        out[t["name"]] = TableArrays(
+            t["name"], t["kind"], tuple(features), token, weight, voc, tseeds, wseeds
+        )
+    return out
+
+
+def _check_schema(root: Path, m: dict, tables: dict[str, TableArrays]) -> None:
+    mpath = root / MANIFEST
+    if not isinstance(m.get("dense"), list) or not all(
+        isinstance(d, dict) and isinstance(d.get("name"), str) for d in m["dense"]
+    ):
+        raise _fail(mpath, "'dense' must be a list of {name, transform, fill}")
+    if not isinstance(m.get("sparse"), list) or not m["sparse"]:
+        raise _fail(mpath, "'sparse' must be a non-empty list of features")
+    for i, f in enumerate(m["sparse"]):
+        if not isinstance(f, dict) or f.get("table") not in tables:
+            raise _fail(mpath, f"sparse[{i}] refers to a table not in 'tables'")
+        t = tables[f["table"]]
+        slot = f.get("slot")
+        if (
+            not _is_int(slot)
+            or not 0 <= slot < len(t.features)
+            or t.features[slot] != f.get("name")
+        ):
+            raise _fail(
+                mpath,
+                f"sparse[{i}] ({f.get('name')!r}): slot {slot!r} does not match "
+                f"table {t.name!r}'s features {list(t.features)}",
+            )
+
+
+def _check_graph(root: Path, m: dict) -> Path:
+    import onnx
+
+    g = m.get("dense_graph")
+    if not isinstance(g, dict) or g.get("file") != DENSE_ONNX:
+        raise _fail(root / MANIFEST, f"'dense_graph' must name file {DENSE_ONNX!r}")
+    path = root / DENSE_ONNX
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # onnx raises DecodeError and others on a damaged file
+        raise _fail(path, f"not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    n_f, dim, n_dense = len(m["sparse"]), m["embedding_dim"], len(m["dense"])
+    want_in = {"dense": [None, n_dense], "embeddings": [None, n_f, dim]}
+    got_in = {i.name: _dims(i) for i in model.graph.input}
+    got_out = {o.name: _dims(o) for o in model.graph.output}
+    if got_in != want_in or got_out != {"score": [None]}:
+        raise _fail(
+            path,
+            f"graph check failed: expected inputs {want_in} and output score [B], found inputs "
+            f"{got_in} and outputs {got_out} (None = the batch axis)",
+        )
+    return path
+
+
+def _dims(value_info: Any) -> list[int | None]:
+    dims = value_info.type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else None for d in dims]
+
+
+def read_model_dir(path: str | Path, verify: bool = False) -> ModelDir:
+    """Open a model directory, checking it strictly; arrays are memory-mapped read-only.
+
+    Parameters
+    ----------
+    path : str or Path
+        The directory written by ``memrec-infer convert``.
+    verify : bool
+        Also check every file's sha256 (reads every byte once).
+
+    Returns
+    -------
+    ModelDir
+
+    Raises
+    ------
+    InvalidModelError
+        Missing directory or file, unsupported ``format_version``, a size, sha256, header,
+        shape, dtype, range or graph check failed; the message names the file and the check.
+    """
+    root = Path(path)
+    mpath = root / MANIFEST
+    if not root.is_dir():
+        raise InvalidModelError(f"model directory {root} does not exist or is not a directory")
+    if not mpath.is_file():
+        raise _fail(mpath, "file is missing; is this a directory made by memrec-infer convert?")
+    try:
+        m = json.loads(mpath.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _fail(mpath, f"not valid JSON ({exc})") from None
+    if not isinstance(m, dict):
+        raise _fail(mpath, "must hold a JSON object")
+    version = m.get("format_version")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise _fail(
+            mpath,
+            f"format_version {version!r} is not supported by this memrec-infer (supported: "
+            f"{sorted(SUPPORTED_FORMAT_VERSIONS)}); upgrade memrec-infer or re-convert",
+        )
+    if m.get("hashing") != HASHING:
+        raise _fail(mpath, f"hashing must be {HASHING!r}, found {m.get('hashing')!r}")
+    dim = _int_field(mpath, m, "embedding_dim", "manifest", 1)
+    _check_files(root, m.get("files"), verify)
+    files = m["files"]
+    tokens = _open_npy(root / TOKENS, "<f4", 2, files[TOKENS]["bytes"])
+    if tokens.shape[1] != dim:
+        raise _fail(root / TOKENS, f"shape check failed: {tokens.shape}, expected [R, {dim}]")
+    weights = _open_npy(root / WEIGHTS, "<f4", 1, files[WEIGHTS]["bytes"])
+    vocab = _open_npy(root / VOCAB, "<i8", 1, files[VOCAB]["bytes"])
+    tables = _table_arrays(root, m, tokens, weights, vocab)
+    _check_schema(root, m, tables)
+    onnx_path = _check_graph(root, m)
+    return ModelDir(root, m, tokens, weights, vocab, onnx_path, tables)
+
+
+# ---------------------------------------------------------------------------------- sizes
+def table_footprint(entry: dict[str, Any], dim: int) -> tuple[int, int | None]:
+    """Bytes a table takes in the directory, and bytes of its equivalent full table.
+
+    The equivalent full table is float32 with one row per distinct training value
+    (``cardinality`` rows of ``dim``); a ``full`` table is its own equivalent (rows and
+    vocabulary). None when a ``memrec`` table's cardinality is unknown.
+    """
+    rows_bytes = entry["rows"] * dim * 4
+    if entry["kind"] == "full":
+        size = rows_bytes + (entry["rows"] - 1) * 8
+        return size, size
+    size = rows_bytes + entry["weight_rows"] * entry["weight_cols"] * 4
+    card = entry.get("cardinality")
+    return size, (card * dim * 4 if _is_int(card) else None)
