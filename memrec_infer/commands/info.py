@@ -1,0 +1,151 @@
+"""``memrec-infer info``: describe a model directory (features, tables, bytes, compression)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import MemrecError
+
+
+def describe(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A JSON-able description of a model directory's manifest.
+
+    Each table has ``bytes`` (what it occupies in the directory) and ``full_bytes`` (its
+    equivalent full float32 table: one row per distinct training value; None if the trainer
+    did not record the cardinality); ``compression`` is their ratio.
+    """
+    from ..model_dir import table_footprint
+
+    dim = manifest["embedding_dim"]
+    tables = []
+    for t in manifest["tables"]:
+        size, full = table_footprint(t, dim)
+        entry = {
+            "name": t["name"],
+            "kind": t["kind"],
+            "features": t["features"],
+            "rows": t["rows"],
+            "cardinality": t.get("cardinality"),
+            "bytes": size,
+            "full_bytes": full,
+            "compression": (full / size) if full is not None else None,
+        }
+        if t["kind"] == "memrec":
+            entry.update(k=t["k"], weight_shape=[t["weight_rows"], t["weight_cols"]], k_w=t["k_w"])
+        tables.append(entry)
+    total = sum(t["bytes"] for t in tables)
+    fulls = [t["full_bytes"] for t in tables]
+    total_full = sum(fulls) if all(f is not None for f in fulls) else None
+    return {
+        "format_version": manifest["format_version"],
+        "family": manifest["family"],
+        "family_revision": manifest["family_revision"],
+        "embedding_dim": dim,
+        "interaction": manifest.get("interaction"),
+        "label": manifest.get("label"),
+        "dense": manifest["dense"],
+        "sparse": [
+            {k: f[k] for k in ("name", "columns", "dtype", "multi_hot", "pooling", "table")}
+            for f in manifest["sparse"]
+        ],
+        "tables": tables,
+        "table_bytes": total,
+        "full_table_bytes": total_full,
+        "compression": (total_full / total) if total_full is not None and total else None,
+        "files": {name: e["bytes"] for name, e in sorted(manifest["files"].items())},
+    }
+
+
+def _ratio(r: float | None) -> str:
+    return "unknown" if r is None else f"{r:,.1f}x"
+
+
+def _bytes(n: int | None) -> str:
+    return "unknown" if n is None else f"{n:,}"
+
+
+def _grid(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [
+        "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
+
+
+def render(d: dict[str, Any], path: Path) -> str:
+    """The text form of :func:`describe` for the terminal."""
+    out = [
+        f"{path}: format {d['format_version']}, family {d['family']} rev "
+        f"{d['family_revision']}, D={d['embedding_dim']}, interaction {d['interaction']}, "
+        f"label {d['label']}",
+        f"dense features ({len(d['dense'])}): "
+        + ", ".join(f"{x['name']} [{x['transform']}]" for x in d["dense"]),
+        f"sparse features ({len(d['sparse'])}):",
+    ]
+    head = ["name", "columns", "dtype", "pooling", "table"]
+    out += _grid(
+        [head]
+        + [
+            [
+                f["name"],
+                ",".join(f["columns"]),
+                f["dtype"] + ("[]" if f["multi_hot"] else ""),
+                f["pooling"],
+                f["table"],
+            ]
+            for f in d["sparse"]
+        ]
+    )
+    out.append(f"tables ({len(d['tables'])}):")
+    head = ["name", "kind", "shape", "weights", "bytes", "cardinality", "full bytes", "ratio"]
+    dim = d["embedding_dim"]
+    out += _grid(
+        [head]
+        + [
+            [
+                t["name"],
+                t["kind"],
+                f"{t['rows']} x {dim}",
+                "x".join(map(str, t["weight_shape"])) if "weight_shape" in t else "-",
+                _bytes(t["bytes"]),
+                _bytes(t["cardinality"]),
+                _bytes(t["full_bytes"]),
+                _ratio(t["compression"]),
+            ]
+            for t in d["tables"]
+        ]
+    )
+    out.append(
+        f"total: {_bytes(d['table_bytes'])} bytes of tables; equivalent full tables "
+        f"{_bytes(d['full_table_bytes'])} bytes; compression {_ratio(d['compression'])}"
+    )
+    out.append("files: " + ", ".join(f"{n} {_bytes(b)}" for n, b in d["files"].items()))
+    return "\n".join(out)
+
+
+@click.command(name="info")
+@click.argument("model", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+@click.option("--verify", is_flag=True, help="Also check every file's sha256.")
+def command(model: Path, as_json: bool, verify: bool) -> None:
+    """Describe a model directory: features, tables, bytes, compression.
+
+    Compression compares each table with its equivalent full float32 table (one row per
+    distinct training value, as recorded by the trainer; "unknown" if not recorded).
+
+    \b
+    Example:
+      memrec-infer info model/
+      memrec-infer info model/ --json
+    """
+    from ..model_dir import read_model_dir
+
+    try:
+        manifest = read_model_dir(model, verify=verify).manifest
+    except MemrecError as exc:
+        raise click.ClickException(str(exc)) from exc
+    d = describe(manifest)
+    click.echo(json.dumps(d, indent=2, sort_keys=True) if as_json else render(d, model))

@@ -1,0 +1,194 @@
+"""``memrec-infer convert`` and ``info``: the pipeline end to end, its refusals, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+from test_onnx_graph import D, make_checkpoint, numpy_forward
+
+from memrec_infer.cli import main
+from memrec_infer.convert import convert, default_output_dir
+from memrec_infer.errors import CheckpointError, InvalidModelError
+from memrec_infer.model_dir import read_model_dir
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(make_checkpoint("dot", False), path)
+    return path
+
+
+def test_end_to_end(checkpoint, tmp_path):
+    lines: list[str] = []
+    manifest = convert(checkpoint, tmp_path / "out", log=lines.append)
+    assert manifest["path"] == str(tmp_path / "out")
+    assert any("validating" in line for line in lines)
+
+    model = read_model_dir(tmp_path / "out", verify=True)
+    ckpt = make_checkpoint("dot", False)
+    sd = {k: v.numpy() for k, v in ckpt["state_dict"].items()}
+    np.testing.assert_array_equal(model.tables["shared"].token, sd["embeddings.shared.token"])
+    np.testing.assert_array_equal(model.tables["tailnum"].vocab, sd["embeddings.tailnum.vocab"])
+    assert model.manifest["source"]["checkpoint"] == "model.pt"
+    assert model.manifest["source"]["train"] == {"seed": 1, "auc": 0.71, "loss": None}
+    # No temporary directories are left behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "out"]
+
+    rng = np.random.default_rng(3)
+    dense = rng.normal(size=(5, 3)).astype(np.float32)
+    emb = rng.normal(size=(5, 3, D)).astype(np.float32)
+    sess = ort.InferenceSession(str(model.onnx_path), providers=["CPUExecutionProvider"])
+    (score,) = sess.run(["score"], {"dense": dense, "embeddings": emb})
+    np.testing.assert_allclose(score, numpy_forward(ckpt["config"], sd, dense, emb), atol=1e-5)
+
+
+def test_default_output_dir(tmp_path):
+    assert default_output_dir(tmp_path / "runs" / "model.pt") == tmp_path / "runs" / "model"
+    assert default_output_dir(tmp_path / "model") == tmp_path / "model.memrec"
+
+
+def test_existing_output_needs_force(checkpoint, tmp_path):
+    out = tmp_path / "model"  # the default output
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    with pytest.raises(InvalidModelError, match="not empty; pass --force"):
+        convert(checkpoint)
+    assert (out / "keep.txt").exists()
+    convert(checkpoint, force=True)
+    assert not (out / "keep.txt").exists()
+    read_model_dir(out, verify=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model.pt"]
+
+
+def test_empty_existing_output_is_fine(checkpoint, tmp_path):
+    (tmp_path / "out").mkdir()
+    convert(checkpoint, tmp_path / "out")
+    read_model_dir(tmp_path / "out")
+
+
+def test_unknown_family_lists_supported(tmp_path):
+    ckpt = make_checkpoint()
+    ckpt["family"] = "torchrec_dlrm_v9"
+    path = tmp_path / "m.pt"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"unknown checkpoint family.*memrec_dlrm"):
+        convert(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_all_tensor_problems_reported_together(tmp_path):
+    ckpt = make_checkpoint()
+    sd = ckpt["state_dict"]
+    del sd["embeddings.shared.weight"]
+    sd["embeddings.extra.token"] = torch.zeros(2, D)
+    sd["over_arch.0.weight"] = torch.zeros(6, 99)
+    sd["embeddings.tailnum.vocab"] = sd["embeddings.tailnum.vocab"].int()
+    ckpt["config"]["over_arch"] = [6, 2]
+    path = tmp_path / "m.pt"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError) as err:
+        convert(path, tmp_path / "out")
+    msg = str(err.value)
+    assert "missing 1 tensor(s): embeddings.shared.weight" in msg
+    assert "unexpected tensor(s): embeddings.extra.token" in msg
+    assert "over_arch.0.weight: expected float32 [6, 10], found float32 [6, 99]" in msg
+    assert "embeddings.tailnum.vocab: expected int64 [10], found int32 [10]" in msg
+    assert "over_arch's last width must be 1" in msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_problems_reported(tmp_path):
+    ckpt = make_checkpoint()
+    cfg = ckpt["config"]
+    cfg["dense_arch"] = [8, 5]  # dot needs last == D
+    cfg["sparse"][0]["pooling"] = "max"
+    cfg["tables"][0]["weight_cols"] = 3
+    cfg["dense"][1]["std"] = 0.0
+    cfg["sparse"][1]["table"] = "nope"
+    path = tmp_path / "m.pt"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError) as err:
+        convert(path, tmp_path / "out")
+    msg = str(err.value)
+    for part in (
+        "dense_arch's last width must equal embedding_dim=4",
+        "pooling must be one of",
+        "weight_cols must be 1 or k=2",
+        "std must be a positive number",
+        "table 'nope' is not in config.tables",
+    ):
+        assert part in msg, part
+
+
+def test_vocab_not_increasing_and_nan_reported(tmp_path):
+    ckpt = make_checkpoint()
+    ckpt["state_dict"]["embeddings.tailnum.vocab"][3] = -100
+    ckpt["state_dict"]["dense_arch.0.bias"][0] = float("nan")
+    path = tmp_path / "m.pt"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError) as err:
+        convert(path, tmp_path / "out")
+    assert "strictly increasing" in str(err.value) and "NaN" in str(err.value)
+
+
+def test_cli_convert_and_info(checkpoint, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "out"
+    result = runner.invoke(main, ["convert", str(checkpoint), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "validating as family memrec_dlrm" in result.stderr
+    assert "smaller than full tables" in result.stderr
+
+    result = runner.invoke(main, ["convert", str(checkpoint), "-o", str(out)])
+    assert result.exit_code == 1
+    assert "Error: output directory" in result.stderr and "--force" in result.stderr
+    assert "Traceback" not in result.output
+
+    result = runner.invoke(main, ["convert", str(checkpoint), "-o", str(out), "--force", "-q"])
+    assert result.exit_code == 0 and result.stderr == ""
+
+    result = runner.invoke(main, ["info", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "carrier*flight" in result.stdout and "memrec" in result.stdout
+    info = json.loads(runner.invoke(main, ["info", str(out), "--json"]).stdout)
+    shared = info["tables"][0]
+    assert shared["bytes"] == 32 * D * 4 + 8 * 2 * 4
+    assert shared["full_bytes"] == 5000 * D * 4
+    assert info["compression"] == pytest.approx(
+        (5000 * D * 4 + 11 * D * 4 + 10 * 8) / (shared["bytes"] + 11 * D * 4 + 10 * 8)
+    )
+
+
+def test_cli_info_unknown_cardinality(tmp_path):
+    ckpt = make_checkpoint()
+    del ckpt["config"]["tables"][0]["cardinality"]
+    path = tmp_path / "m.pt"
+    torch.save(ckpt, path)
+    runner = CliRunner()
+    assert runner.invoke(main, ["convert", str(path), "-q"]).exit_code == 0
+    result = runner.invoke(main, ["info", str(tmp_path / "m")])
+    assert "compression unknown" in result.stdout
+    assert (
+        json.loads(runner.invoke(main, ["info", str(tmp_path / "m"), "--json"]).stdout)[
+            "compression"
+        ]
+        is None
+    )
+
+
+def test_cli_user_errors_have_no_traceback(tmp_path):
+    runner = CliRunner()
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(b"\x80\x02}q\x00.")  # a bare pickle: the legacy format
+    result = runner.invoke(main, ["convert", str(evil)])
+    assert result.exit_code == 1
+    assert "legacy pickle" in result.stderr and "Traceback" not in result.output
+
+    result = runner.invoke(main, ["info", str(tmp_path / "missing")])
+    assert result.exit_code == 1 and "does not exist" in result.stderr
