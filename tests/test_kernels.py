@@ -80,13 +80,16 @@ def tables(rng, n_tokens=64, n_weights=128, dim=8, vocab_ids=(-5, 3, 10, 99)):
 
 
 def mixed_features(rng):
-    """Shared memrec table (slots 0 and 1), scalar weights + mean, and a full table."""
+    """Shared memrec table (slots 0 and 1), scalar and per-hash weights for the unrolled
+    k = k_w = 2 kernel and the generic one, sum and mean, and a full table."""
     return [
         memrec(rng, 0, 20, 0, slot=0),
         memrec(rng, 0, 20, 14, slot=1, pooling="mean"),
         memrec(rng, 20, 11, 28, k=3, kw=1, per_hash=False),
         FeatureTable("full", 40, 5, pooling="sum", vocab_offset=0),
         FeatureTable("full", 40, 5, pooling="mean", vocab_offset=0),
+        memrec(rng, 31, 9, 40, per_hash=False),
+        memrec(rng, 20, 11, 50, k=3, kw=2, pooling="mean"),
     ]
 
 
@@ -193,8 +196,8 @@ def test_batch_of_one_and_batch_of_zero(parallel):
     values, offsets = jagged(rng, len(features), 1, 3, EDGE_IDS)
     check(features, tokens, weights, vocab, values, offsets, parallel)
     plan = make_plan(features, tokens, weights, vocab)
-    empty = plan.lookup(np.zeros(0, np.int64), np.zeros((5, 1), np.int64), parallel=parallel)
-    assert empty.shape == (0, 5, 8)
+    empty = plan.lookup(np.zeros(0, np.int64), np.zeros((7, 1), np.int64), parallel=parallel)
+    assert empty.shape == (0, 7, 8)
 
 
 @pytest.mark.parametrize("parallel", PARALLEL)
@@ -225,7 +228,7 @@ def test_dispatcher_picks_serial_for_small_and_parallel_for_large_batches():
     tokens, weights, vocab = tables(rng)
     plan = make_plan(mixed_features(rng), tokens, weights, vocab)
     for nb in (1, 64, 65, 1000):
-        values, offsets = jagged(rng, 5, nb, 2, EDGE_IDS)
+        values, offsets = jagged(rng, 7, nb, 2, EDGE_IDS)
         auto = plan.lookup(values, offsets)
         for parallel in PARALLEL:
             np.testing.assert_array_equal(auto, plan.lookup(values, offsets, parallel=parallel))
@@ -305,8 +308,8 @@ def test_make_plan_rejects_inconsistent_tables(change, message):
 def test_lookup_rejects_bad_values_offsets_and_out():
     rng = np.random.default_rng(12)
     plan = make_plan(*valid_parts(rng))
-    values, offsets = jagged(rng, 5, 3, 2, EDGE_IDS)
-    with pytest.raises(ValueError, match=r"shape \[F, B \+ 1\] = \[5, B \+ 1\]"):
+    values, offsets = jagged(rng, 7, 3, 2, EDGE_IDS)
+    with pytest.raises(ValueError, match=r"shape \[F, B \+ 1\] = \[7, B \+ 1\]"):
         plan.lookup(values, offsets[:4])
     with pytest.raises(ValueError, match="values must be a int64"):
         plan.lookup(values.astype(np.float64), offsets)
@@ -315,14 +318,14 @@ def test_lookup_rejects_bad_values_offsets_and_out():
     with pytest.raises(ValueError, match=r"offsets\[2\] must be non-decreasing"):
         plan.lookup(values, bad)
     bad = offsets.copy()
-    bad[4, -1] = len(values) + 1
-    with pytest.raises(ValueError, match=r"offsets\[4\] must be non-decreasing within"):
+    bad[6, -1] = len(values) + 1
+    with pytest.raises(ValueError, match=r"offsets\[6\] must be non-decreasing within"):
         plan.lookup(values, bad)
     bad = offsets.copy()
     bad[0, 0] = -1
     with pytest.raises(ValueError, match=r"offsets\[0\]"):
         plan.lookup(values, bad)
     with pytest.raises(ValueError, match=r"out must be a writable float32 array of shape"):
-        plan.lookup(values, offsets, out=np.empty((3, 5, 7), np.float32))
+        plan.lookup(values, offsets, out=np.empty((3, 7, 7), np.float32))
     with pytest.raises(ValueError, match="out must be a float32"):
-        plan.lookup(values, offsets, out=np.empty((3, 5, 8), np.float64))
+        plan.lookup(values, offsets, out=np.empty((3, 7, 8), np.float64))
