@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import struct
 import zipfile
@@ -78,7 +79,7 @@ def _rebuild_tensor_v2(
     offset = int(storage_offset)
     if len(size) != len(stride) or any(s < 0 for s in size) or any(s < 0 for s in stride):
         raise CheckpointError(f"a tensor has an invalid size {size} / stride {stride}")
-    numel = int(np.prod(size, dtype=np.int64)) if size else 1
+    numel = math.prod(size)  # Python ints: no overflow on hostile sizes
     if numel == 0:
         return np.zeros(size, dtype=storage.dtype)
     last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
@@ -87,7 +88,7 @@ def _rebuild_tensor_v2(
             f"a tensor of size {size}, stride {stride}, offset {offset} reaches element {last} "
             f"of a storage of {storage.shape[0]} elements; the checkpoint is corrupted"
         )
-    contiguous = tuple(int(np.prod(size[i + 1 :], dtype=np.int64)) for i in range(len(size)))
+    contiguous = tuple(math.prod(size[i + 1 :]) for i in range(len(size)))
     if all(n == 1 or s == c for n, s, c in zip(size, stride, contiguous, strict=True)):
         # Already C-ordered: a view of the storage, no copy.
         return storage[offset : offset + numel].reshape(size)

@@ -192,3 +192,21 @@ def test_cli_user_errors_have_no_traceback(tmp_path):
 
     result = runner.invoke(main, ["info", str(tmp_path / "missing")])
     assert result.exit_code == 1 and "does not exist" in result.stderr
+
+
+@pytest.mark.parametrize("interaction,self_interaction", [("dot", True), ("cat", False)])
+def test_trainer_checkpoint_converts(tmp_path, interaction, self_interaction):
+    """The contract with models/: what save_checkpoint writes, convert accepts unchanged."""
+    from memrec_infer.models.checkpoint import save_checkpoint
+    from memrec_infer.models.dlrm import build_dlrm
+
+    config = make_checkpoint(interaction, self_interaction)["config"]
+    config["train"] = {"seed": 1}
+    model = build_dlrm(config)
+    save_checkpoint(model, config, tmp_path / "m.pt")
+    convert(tmp_path / "m.pt", tmp_path / "out")
+    got = read_model_dir(tmp_path / "out", verify=True)
+    for name, tensor in model.state_dict().items():
+        if name.endswith(".token") or name.endswith(".table"):
+            table = got.tables[name.split(".")[1]]
+            np.testing.assert_array_equal(table.token, tensor.numpy(), err_msg=name)
