@@ -1,0 +1,168 @@
+"""Scores output: Parquet written under a temporary name and renamed into place on success.
+
+An interrupted or failed run never leaves a file (or directory) under the output's name: rows go
+to ``.<name>.tmp-<pid>`` in the output's directory (same filesystem, so the final
+``os.replace`` is atomic), and that temporary is removed on any failure, ``KeyboardInterrupt``
+included.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from types import TracebackType
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import MemrecError
+
+_PART = "part-{:05d}.parquet"
+_PART_RE = re.compile(r"part-\d{5,}\.parquet")
+
+
+def _is_our_partitioned_output(path: str) -> bool:
+    """True for a directory holding nothing but part files (what ``--partitioned`` writes)."""
+    names = os.listdir(path)
+    return all(_PART_RE.fullmatch(n) for n in names)
+
+
+def check_output(output: str, *, partitioned: bool, force: bool) -> str:
+    """Check the output path can be written before any work starts; return it absolute.
+
+    Raises
+    ------
+    MemrecError
+        The output's directory does not exist, or the output exists and ``force`` is False, or
+        it exists as something ``force`` must not destroy.
+    """
+    path = os.path.abspath(output)
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise MemrecError(
+            f"{output}: the output directory {parent} does not exist; create it first"
+        )
+    if not os.path.lexists(path):
+        return path
+    if not force:
+        raise MemrecError(f"{output}: already exists; pass --force to overwrite it")
+    if os.path.isdir(path) and not os.path.islink(path):
+        if not partitioned:
+            raise MemrecError(
+                f"{output}: is a directory; expected a file path (or use --partitioned)"
+            )
+        if not _is_our_partitioned_output(path):
+            raise MemrecError(
+                f"{output}: is a directory with files other than part-NNNNN.parquet; "
+                "--force only replaces a directory of scores written by --partitioned"
+            )
+    return path
+
+
+class ScoresWriter:
+    """Writes scores (and kept columns) to a temporary, then renames it into place.
+
+    Use as a context manager: leaving the block with an exception removes the temporary;
+    :meth:`commit` (called by the caller on success) closes and renames it.
+
+    Parameters
+    ----------
+    path : the final output path, already checked by :func:`check_output`
+    schema : the output's columns
+    partitioned : write a directory of part files of at most ``part_rows`` rows each
+    part_rows : rows per part file when ``partitioned``
+    """
+
+    def __init__(
+        self, path: str, schema: pa.Schema, *, partitioned: bool = False, part_rows: int = 1 << 20
+    ) -> None:
+        if part_rows < 1:
+            raise ValueError(f"part_rows must be >= 1, got {part_rows}")
+        self.path = path
+        self.schema = schema
+        self.partitioned = partitioned
+        self.part_rows = part_rows
+        self.temp = os.path.join(
+            os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}"
+        )
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._part = -1
+        self._part_rows = 0
+        self._committed = False
+
+    def __enter__(self) -> ScoresWriter:
+        if self.partitioned:
+            os.mkdir(self.temp)
+        else:
+            self._writer = self._open(self.temp)
+        return self
+
+    def _open(self, path: str) -> pq.ParquetWriter:
+        return pq.ParquetWriter(path, self.schema, write_page_checksum=True)
+
+    def _next_part(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._part += 1
+        self._part_rows = 0
+        self._writer = self._open(os.path.join(self.temp, _PART.format(self._part)))
+
+    def write(self, table: pa.Table) -> None:
+        """Append ``table`` (columns of ``schema``) to the output."""
+        if not self.partitioned:
+            self._writer.write_table(table)
+            self.rows += table.num_rows
+            return
+        done = 0
+        while done < table.num_rows:
+            if self._writer is None or self._part_rows >= self.part_rows:
+                self._next_part()
+            take = min(table.num_rows - done, self.part_rows - self._part_rows)
+            self._writer.write_table(table.slice(done, take))
+            self._part_rows += take
+            done += take
+        self.rows += table.num_rows
+
+    def commit(self) -> None:
+        """Close the output and move it to its final name, replacing what ``force`` allowed."""
+        if self.partitioned and self._writer is None:
+            # No rows at all: one empty part still carries the schema for readers.
+            self._next_part()
+        self._writer.close()
+        self._writer = None
+        if self.partitioned and os.path.lexists(self.path):
+            # A directory cannot be replaced atomically while it exists: move it aside first,
+            # so the new scores are in place before the old ones are deleted.
+            old = self.temp + ".old"
+            os.replace(self.path, old)
+            os.replace(self.temp, self.path)
+            if os.path.isdir(old):
+                shutil.rmtree(old)
+            else:
+                os.remove(old)
+        else:
+            os.replace(self.temp, self.path)
+        self._committed = True
+
+    def _discard(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except (OSError, pa.ArrowException):
+                pass  # the temporary is removed below whatever state it is in
+            self._writer = None
+        if os.path.isdir(self.temp):
+            shutil.rmtree(self.temp, ignore_errors=True)
+        elif os.path.lexists(self.temp):
+            os.remove(self.temp)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._committed:
+            self._discard()
