@@ -193,11 +193,17 @@ def _sparse_specs(table: pa.Table, sparse: Sequence[str], pooling: str, share: b
 
 
 def _dense_specs(
-    table: pa.Table, dense: Sequence[str], transform: str | Mapping[str, str]
+    table: pa.Table, dense: Sequence[str], transform: str, column_transforms: Mapping[str, str]
 ) -> list[dict]:
+    unknown = sorted(set(column_transforms) - set(dense))
+    if unknown:
+        raise MemrecError(
+            f"transform given for {', '.join(map(repr, unknown))}, which is not a dense column; "
+            f"dense columns are: {', '.join(dense)}"
+        )
     specs = []
     for name in dense:
-        how = transform if isinstance(transform, str) else transform.get(name, "standard")
+        how = column_transforms.get(name, transform)
         if how not in DENSE_TRANSFORMS:
             raise MemrecError(
                 f"transform {how!r} for {name!r} is not one of {', '.join(DENSE_TRANSFORMS)}"
@@ -345,11 +351,13 @@ def train(
     over_arch: Sequence[int] = (64, 32, 1),
     interaction: str = "dot",
     self_interaction: bool = False,
-    transform: str | Mapping[str, str] = "standard",
-    epochs: int = 2,
+    transform: str = "standard",
+    column_transforms: Mapping[str, str] | None = None,
+    epochs: int = 1,
     batch_size: int = 512,
     lr: float = 2e-3,
     seed: int = 0,
+    threads: int | None = None,
     log: Callable[[str], None] | None = _stderr,
 ) -> TrainResult:
     """Train a DLRM with MEM-REC (or full) embedding tables and optionally save a checkpoint.
@@ -392,10 +400,14 @@ def train(
         Bottom MLP (default ``[64, dim]``) and top MLP (last width 1).
     interaction : ``"dot"`` or ``"cat"``
     self_interaction : bool
-    transform : str or mapping of column -> str
-        Dense transform for every column, or per column (default ``"standard"``).
+    transform : str
+        Dense transform of every column: ``"identity"``, ``"log1p"`` or ``"standard"``.
+    column_transforms : mapping of column -> str, optional
+        Per-column exceptions to ``transform``.
     epochs, batch_size, lr, seed
         Adam on every parameter; the seed fixes hash seeds, initialisation and shuffling.
+    threads : int, optional
+        torch intra-op threads (``torch.set_num_threads``); None leaves torch's setting.
     log : callable or None
         Receives progress lines (default: stderr); None for silence.
 
@@ -404,6 +416,8 @@ def train(
     TrainResult
     """
     t0 = time.perf_counter()
+    if threads is not None:
+        torch.set_num_threads(threads)
     say = log or (lambda _msg: None)
     if embedding not in EMBEDDINGS:
         raise MemrecError(f"embedding must be 'memrec' or 'full', got {embedding!r}")
@@ -438,7 +452,7 @@ def train(
     else:
         valid_table = None
     y_train = _labels(table, label, source)
-    dense_specs = _dense_specs(table, dense, transform)
+    dense_specs = _dense_specs(table, dense, transform, column_transforms or {})
     sparse_specs = _sparse_specs(table, sparse, pooling, share)
     prep = FeaturePrep(dense=dense_specs, sparse=sparse_specs)
     pb = prep(table)
