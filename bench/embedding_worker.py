@@ -1,0 +1,236 @@
+"""One process of ``bench/embedding_stage.py``: every contender at one D, one torch allocator.
+
+Run by the orchestrator as ``python bench/embedding_worker.py SETTINGS.json RESULT.json``; the
+orchestrator sets ``THP_MEM_ALLOC_ENABLE`` in this process's environment, because torch reads it
+once at start-up. Everything compared in one ratio is measured here, interleaved
+(``timing.measure``), on the same batches:
+
+- ``memrec``: :meth:`BagPlan.lookup` over 26 MEM-REC tables, output ``[B, F, D]`` preallocated;
+- ``torch_tables``: one ``torch.nn.EmbeddingBag(mode="sum")`` per table, as DLRM does;
+- ``torch_fused``: one ``EmbeddingBag`` over the 26 tables stacked, sample-major bags
+  (its output ``[B * F, D]`` is ``[B, F, D]``);
+- ``full_kernel``: our :func:`full_bag_rows` on the same stacked table and bags.
+
+Both torch layouts share one weight tensor (the per-table modules hold views of it), and our
+full-table kernel reads the same memory, so all three full-table contenders see the same pages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numba
+import numpy as np
+from criteo import Bags, make_bags, memrec_sizes
+from gather_rate import gather_call, resident_table
+from machine import meminfo_bytes
+from timing import measure, summary
+
+from memrec_infer.kernels.bags import BagPlan, FeatureTable, full_bag_rows, make_plan
+from memrec_infer.kernels.hashing import draw_seeds
+
+# Headroom left free besides the full tables: batches, outputs, torch's own allocations.
+_HEADROOM = 3 * 2**30
+
+
+def memrec_plan(settings: dict, rng: np.random.Generator) -> tuple[BagPlan, dict]:
+    """26 MEM-REC tables sized by water-filling the token budget (``criteo.memrec_sizes``)."""
+    cards = tuple(settings["cards"])
+    dim = settings["dim"]
+    sizes = memrec_sizes(dim, settings["budget_bytes"], settings["k"], settings["k_w"], cards)
+    tokens = (rng.standard_normal((sum(sizes.m), dim), dtype=np.float32) * 0.05).astype(np.float32)
+    weights = rng.random(sum(sizes.m_w) * sizes.k, dtype=np.float32)
+    feats = []
+    toff = woff = 0
+    for m, mw in zip(sizes.m, sizes.m_w, strict=True):
+        feats.append(
+            FeatureTable(
+                kind="memrec",
+                token_offset=toff,
+                rows=m,
+                token_seeds=draw_seeds(rng, sizes.k),
+                weight_offset=woff,
+                weight_rows=mw,
+                weight_cols=sizes.k,
+                weight_seeds=draw_seeds(rng, sizes.k_w),
+            )
+        )
+        toff += m
+        woff += mw * sizes.k
+    plan = make_plan(feats, tokens, weights, np.zeros(0, dtype=np.int64))
+    info = {
+        "m": list(sizes.m),
+        "m_w": list(sizes.m_w),
+        "k": sizes.k,
+        "k_w": sizes.k_w,
+        "token_bytes": sizes.token_bytes,
+        "weight_bytes": sizes.weight_bytes,
+    }
+    return plan, info
+
+
+def full_weight(torch, total_rows: int, dim: int, seed: int):
+    """The stacked full tables, float32 ``[total_rows, dim]``, filled chunk by chunk."""
+    weight = torch.empty((total_rows, dim), dtype=torch.float32)
+    arr = weight.numpy()
+    rng = np.random.default_rng(seed)
+    step = max(1, (256 << 20) // (4 * dim))
+    for lo in range(0, total_rows, step):
+        chunk = arr[lo : lo + step]
+        rng.random(chunk.shape, dtype=np.float32, out=chunk)
+    return weight
+
+
+def contenders(torch, plan, tables, fused, weight_np, bags: Bags, full: bool) -> dict:
+    """Zero-argument callables, one per contender, on preallocated inputs and outputs."""
+    nf = bags.offsets.shape[0]
+    nb = bags.batch
+    dim = weight_np.shape[1]
+    out = np.empty((nb, nf, dim), dtype=np.float32)
+    per_table = []
+    for f in range(nf):
+        lo, hi = bags.offsets[f, 0], bags.offsets[f, -1]
+        idx = torch.from_numpy(np.ascontiguousarray(bags.rows[lo:hi]))
+        offs = torch.from_numpy(np.ascontiguousarray(bags.offsets[f, :-1] - lo))
+        per_table.append((tables[f], idx, offs))
+    fused_idx = torch.from_numpy(bags.fused_rows)
+    fused_offs = torch.from_numpy(np.ascontiguousarray(bags.fused_offsets[:-1]))
+
+    calls = {
+        "memrec": lambda: plan.lookup(bags.rows, bags.offsets, out=out),
+        "torch_tables": lambda: [emb(i, o) for emb, i, o in per_table],
+        "torch_fused": lambda: fused(fused_idx, fused_offs),
+    }
+    if full:
+        out_full = np.empty((nb * nf, dim), dtype=np.float32)
+        calls["full_kernel"] = lambda: full_bag_rows(
+            bags.fused_rows, bags.fused_offsets, weight_np, out=out_full
+        )
+    return calls
+
+
+def check_same_sums(torch, calls: dict, bags: Bags) -> None:
+    """The full-table contenders must compute the same ``[B, F, D]`` (else the race is unfair)."""
+    nb, nf = bags.batch, bags.offsets.shape[0]
+    fused = calls["torch_fused"]().numpy().reshape(nb, nf, -1)
+    tables = torch.stack(calls["torch_tables"](), dim=1).numpy()
+    np.testing.assert_allclose(tables, fused, rtol=1e-5, atol=1e-5)
+    if "full_kernel" in calls:
+        ours = calls["full_kernel"]().reshape(nb, nf, -1)
+        np.testing.assert_allclose(ours, fused, rtol=1e-5, atol=1e-5)
+
+
+def run(settings: dict) -> dict:
+    """Measure one worker's configurations; see the module docstring."""
+    thp = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
+    import torch  # after the environment is final: torch reads THP_MEM_ALLOC_ENABLE at import
+
+    dim = settings["dim"]
+    cards = tuple(settings["cards"])
+    total = sum(cards)
+    need = total * dim * 4
+    avail = meminfo_bytes("MemAvailable")
+    result: dict = {"dim": dim, "thp": thp, "full_table_bytes": need, "available_bytes": avail}
+    if avail is not None and need + _HEADROOM > avail:
+        result["skipped"] = (
+            f"full tables at D={dim} need {need / 2**30:.1f} GiB (+{_HEADROOM / 2**30:.0f} GiB "
+            f"headroom) but only {avail / 2**30:.1f} GiB is available"
+        )
+        return result
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(settings["seed"])
+    plan, result["memrec"] = memrec_plan(settings, rng)
+    weight = full_weight(torch, total, dim, settings["seed"] + 1)
+    weight_np = weight.numpy()
+    bases = np.concatenate([[0], np.cumsum(cards)]).astype(np.int64)
+    emb = torch.nn.EmbeddingBag.from_pretrained
+    tables = [emb(weight[bases[f] : bases[f + 1]], mode="sum") for f in range(len(cards))]
+    fused = emb(weight, mode="sum")
+    assert all(t.weight.data_ptr() == weight[bases[f]].data_ptr() for f, t in enumerate(tables))
+    result["setup_s"] = time.perf_counter() - t0
+    full = settings["full_kernel"]
+    rows = []
+    with torch.inference_mode():
+        for dist in settings["dists"]:
+            for hot in settings["hots"]:
+                for batch in settings["batches"]:
+                    seed = settings["seed"] + 7919 * batch + 31 * len(dist) + len(hot)
+                    bags = make_bags(
+                        np.random.default_rng(seed), cards, batch, dist, hot == "multi"
+                    )
+                    calls = contenders(torch, plan, tables, fused, weight_np, bags, full)
+                    if batch <= 1024:
+                        check_same_sums(torch, calls, bags)
+                    for threads in settings["threads"]:
+                        torch.set_num_threads(threads)
+                        numba.set_num_threads(threads)
+                        times = measure(calls, settings["seconds"], settings["rounds"])
+                        row = {"dist": dist, "hot": hot, "batch": batch, "threads": threads}
+                        row["ids"] = bags.num_ids
+                        row["contenders"] = {n: summary(t, batch) for n, t in times.items()}
+                        rows.append(row)
+                        print(_progress(dim, thp, row), file=sys.stderr, flush=True)
+                    del calls, bags
+    result["rows"] = rows
+    if settings["gather"]:
+        result["gather"] = gather_rates(settings, weight_np, result["memrec"]["token_bytes"])
+    return result
+
+
+def gather_rates(settings: dict, dram_table: np.ndarray, token_bytes: int) -> list[dict]:
+    """Random row-gather rates from L1/L2/L3-resident tables and the full tables in DRAM."""
+    dim = settings["dim"]
+    k = settings["k"]
+    bags = settings["gather_bags"]
+    tables = [
+        ("L1-resident (16 KiB)", resident_table(16 << 10, dim)),
+        ("L2-resident (512 KiB)", resident_table(512 << 10, dim)),
+        (f"token-table size ({token_bytes / 2**20:.1f} MiB, L3)", resident_table(token_bytes, dim)),
+        (f"DRAM (full tables, {dram_table.nbytes / 2**30:.1f} GiB)", dram_table),
+    ]
+    out = []
+    for threads in settings["threads"]:
+        numba.set_num_threads(threads)
+        calls = {}
+        rows_per_call = 0
+        for name, table in tables:
+            calls[name], rows_per_call = gather_call(table, bags, k)
+        times = measure(calls, settings["seconds"], settings["rounds"])
+        for (name, table), t in zip(tables, times.values(), strict=True):
+            p50 = float(np.percentile(t, 50))
+            out.append(
+                {
+                    "threads": threads,
+                    "table": name,
+                    "bytes": int(table.nbytes),
+                    "rows_per_s": rows_per_call / p50,
+                    "gb_per_s": rows_per_call * dim * 4 / p50 / 1e9,
+                }
+            )
+    return out
+
+
+def _progress(dim: int, thp: bool, row: dict) -> str:
+    c = row["contenders"]
+    parts = " ".join(f"{n}={v['p50_us']:.1f}us" for n, v in c.items())
+    return (
+        f"D={dim} thp={int(thp)} {row['dist']:7s} {row['hot']:5s} B={row['batch']:<5d} "
+        f"t={row['threads']} {parts}"
+    )
+
+
+def main() -> None:
+    """``python bench/embedding_worker.py SETTINGS.json RESULT.json``."""
+    settings_path, result_path = sys.argv[1], sys.argv[2]
+    with open(settings_path) as fh:
+        settings = json.load(fh)
+    result = run(settings)
+    with open(result_path, "w") as fh:
+        json.dump(result, fh)
+
+
+if __name__ == "__main__":
+    main()

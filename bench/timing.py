@@ -1,0 +1,71 @@
+"""Interleaved timing of several contenders, so their ratios share the machine's noise.
+
+Each contender runs in blocks of calls; blocks of all contenders alternate over several rounds
+(the order rotates every round), and every call is timed on its own. A load spike from another
+process then hits all contenders alike instead of one of them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+# A block never exceeds this many calls, so even a sub-microsecond call leaves rounds to rotate.
+_MAX_BLOCK = 20_000
+
+
+def measure(
+    contenders: dict[str, Callable[[], object]],
+    seconds: float,
+    rounds: int = 5,
+    warmup: int = 2,
+) -> dict[str, np.ndarray]:
+    """Seconds per call of every contender, interleaved.
+
+    Parameters
+    ----------
+    contenders : name -> a callable doing one complete call (e.g. one batch lookup)
+    seconds : timing budget per contender (spread over ``rounds``); at least one call per
+        round is always made
+    rounds : number of rotations over the contenders
+    warmup : untimed calls per contender before timing (first-touch of outputs, lazy init)
+
+    Returns
+    -------
+    dict name -> float64 array of per-call seconds
+    """
+    est: dict[str, float] = {}
+    for name, fn in contenders.items():
+        for _ in range(warmup):
+            fn()
+        t0 = time.perf_counter_ns()
+        fn()
+        est[name] = max(time.perf_counter_ns() - t0, 1) / 1e9
+    names = list(contenders)
+    times: dict[str, list[int]] = {n: [] for n in names}
+    clock = time.perf_counter_ns
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            fn = contenders[name]
+            n = int(min(_MAX_BLOCK, max(1, seconds / rounds / est[name])))
+            out = times[name]
+            for _ in range(n):
+                t0 = clock()
+                fn()
+                out.append(clock() - t0)
+    return {n: np.asarray(v, dtype=np.float64) / 1e9 for n, v in times.items()}
+
+
+def summary(seconds: np.ndarray, rows: int) -> dict[str, float]:
+    """p50, p99 and mean latency in microseconds, and rows per second at the p50."""
+    p50 = float(np.percentile(seconds, 50))
+    return {
+        "p50_us": p50 * 1e6,
+        "p99_us": float(np.percentile(seconds, 99)) * 1e6,
+        "mean_us": float(seconds.mean()) * 1e6,
+        "calls": int(seconds.shape[0]),
+        "rows_per_s": rows / p50 if p50 > 0 else float("inf"),
+    }
