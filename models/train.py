@@ -341,7 +341,7 @@ def train(
     embedding: str = "memrec",
     dim: int = 16,
     compression: float = 16.0,
-    k: int = 2,
+    k: int = 3,
     k_w: int = 2,
     weight_rows: int | None = None,
     scalar_weight: bool = False,

@@ -87,7 +87,7 @@ def _transforms(values: tuple[str, ...]) -> tuple[str, dict[str, str]]:
     show_default=True,
     help="MEM-REC: token rows = values / this (at least min(values, 64)) per table.",
 )
-@click.option("--k", "k", default=2, show_default=True, help="MEM-REC: token hashes per value.")
+@click.option("--k", "k", default=3, show_default=True, help="MEM-REC: token hashes per value.")
 @click.option(
     "--k-w", "k_w", default=2, show_default=True, help="MEM-REC: weight hashes per value."
 )
