@@ -41,6 +41,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from criteo import KAGGLE_CARDINALITIES, draw_rows, memrec_sizes
 
+from memrec_infer.scoring import DEFAULT_BATCH_SIZE
+
 N_DENSE = 13
 DIM = 16
 # MEM-REC tables of every feature together: small enough for the last-level cache.
@@ -204,7 +206,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rows", type=int, default=5_000_000, help="rows of the 1x input")
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--batch-size", type=int, default=65536)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--compute-rows", type=int, default=1 << 20, help="rows held in memory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", help="where data and model go (default: a temp dir, removed)")

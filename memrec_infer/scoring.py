@@ -33,7 +33,10 @@ from .runtime import Model, load
 
 __all__ = ["DEFAULT_BATCH_SIZE", "ScoreSummary", "parse_mapping", "score_parquet"]
 
-DEFAULT_BATCH_SIZE = 65536
+# Peak memory grows with the batch (ONNX Runtime holds the interaction and MLP activations,
+# ~22 KB a row for a Criteo-sized DLRM): 16384 rows stay well under 1 GB, and are already
+# large enough that per-call overheads do not show (bench/reports/score.md).
+DEFAULT_BATCH_SIZE = 16384
 SCORE_COLUMN = "score"
 # Batches decoded ahead of the one being scored: one overlaps the scoring, one absorbs jitter.
 _READAHEAD = 2
