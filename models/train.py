@@ -308,7 +308,9 @@ def _table_configs(
             {"name": name, "kind": "memrec", "features": features, "rows": int(rows), "k": k,
              "token_seeds": [[int(v) for v in r] for r in draw_seeds(rng, k)],
              "weight_rows": int(w_rows), "weight_cols": 1 if scalar_weight else k, "k_w": k_w,
-             "weight_seeds": [[int(v) for v in r] for r in draw_seeds(rng, k_w)]}
+             "weight_seeds": [[int(v) for v in r] for r in draw_seeds(rng, k_w)],
+             # The full table this one replaces: one row per distinct training value.
+             "cardinality": sum(int(ids_seen[f].size) for f in feats)}
         )  # fmt: skip
     return tables
 
