@@ -217,6 +217,7 @@ def markdown(info: dict, settings: dict, workers: list[dict]) -> str:
                 f"{w['full_table_bytes'] / 2**30:.2f} GiB (set up in {w['setup_s']:.0f} s)"
             )
     md += ["", "## Goals", ""] + goals(recs, fracs, dims_run) + [""]
+    md += [f"![speedups per batch size]({settings.get('png', 'embedding_stage.png')})", ""]
     md += ["## Benchmark 1: MEM-REC vs torch.nn.EmbeddingBag on full tables", ""]
     md += [
         "Latencies are p50 per batch in microseconds; *speedup* = strongest torch / MEM-REC; "

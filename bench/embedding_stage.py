@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_default_torch:
             workers.append(run_worker({**settings, "full_kernel": False, "gather": False}, False))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = embedding_report.markdown(info, base, workers)
+    report = embedding_report.markdown(
+        info, {**base, "png": args.out.with_suffix(".png").name}, workers
+    )
     args.out.with_suffix(".md").write_text(report)
     args.out.with_suffix(".json").write_text(
         json.dumps({"machine": info, "settings": base, "workers": workers}, indent=1)

@@ -190,7 +190,7 @@ def startup_times(model_dir: Path, runs: int) -> dict:
     return out
 
 
-def report(info: dict, args, rows: list[dict], start: dict) -> str:
+def report(info: dict, args, rows: list[dict], start: dict, png: str) -> str:
     """The markdown report, goals first."""
     md = ["# Benchmark: end to end (benchmark 3 and goal 5 of issue 4)", "", header_markdown(info)]
     md += [
@@ -231,6 +231,8 @@ def report(info: dict, args, rows: list[dict], start: dict) -> str:
             f"{start['cold_s']:.2f} s; `memrec-infer {start['command']}`"
         )
     md += [
+        "",
+        f"![latency per batch size]({png})",
         "",
         "## Latency per batch (p50 / p99, microseconds) and ratios",
         "",
@@ -331,7 +333,7 @@ def main() -> None:
         start = startup_times(model_dir, args.startup_runs)
     out = HERE / "reports" / name
     out.parent.mkdir(parents=True, exist_ok=True)
-    md = report(info, args, rows, start)
+    md = report(info, args, rows, start, out.with_suffix(".png").name)
     out.with_suffix(".md").write_text(md)
     out.with_suffix(".json").write_text(
         json.dumps({"machine": info, "rows": rows, "startup": start}, indent=1)
