@@ -338,7 +338,7 @@ def plot(workers: list[dict], path: str) -> None:
                 if r["dim"] == dim
                 and r["threads"] == threads
                 and r["hot"] == "one"
-                and r["dist"] == "uniform"
+                and r["dist"] == recs[-1]["dist"]
                 and "full_ratio" in r
             ]
             if rows:
@@ -347,7 +347,7 @@ def plot(workers: list[dict], path: str) -> None:
                     [r["full_ratio"] for r in rows],
                     style,
                     marker=marker,
-                    label=f"D={dim}, {threads}t (uniform one-hot)",
+                    label=f"D={dim}, {threads}t ({recs[-1]['dist']} one-hot)",
                 )
     ax.axhline(GOAL_FULL, color="r", lw=0.8, ls=":", label="goal (within 10%)")
     ax.set(

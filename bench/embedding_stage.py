@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dists", type=_words, default=["zipf", "uniform"])
     p.add_argument("--hots", type=_words, default=["one", "multi"])
     p.add_argument("--seconds", type=float, default=0.3, help="per contender and configuration")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--k", type=int, default=2, help="token hashes per id")
     p.add_argument("--k-w", type=int, default=2, help="weight hashes per id")
     p.add_argument("--budget-mib", type=float, default=8.0, help="all MEM-REC tables together")
