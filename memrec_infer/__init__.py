@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import TYPE_CHECKING
+
 from .errors import (
     CheckpointError,
     InputDataError,
@@ -12,6 +15,9 @@ from .errors import (
     MemrecError,
     SchemaMismatchError,
 )
+
+if TYPE_CHECKING:
+    from .runtime import Model
 
 __version__ = "0.1.0"
 
@@ -26,8 +32,14 @@ __all__ = [
 ]
 
 
-def load(path):  # noqa: ANN001, ANN201 - re-exported below once the runtime module exists
-    """Open a model directory; see :func:`memrec_infer.runtime.load`."""
+def load(
+    path: str | os.PathLike[str], *, threads: int | None = None, verify: bool = False
+) -> Model:
+    """Open a model directory written by ``memrec-infer convert``.
+
+    See :func:`memrec_infer.runtime.load`. Imported lazily so that ``import memrec_infer`` stays
+    light (no Numba or ONNX Runtime until a model is loaded).
+    """
     from .runtime import load as _load
 
-    return _load(path)
+    return _load(path, threads=threads, verify=verify)
