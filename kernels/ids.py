@@ -39,13 +39,28 @@ def _fnv1a64(data, start, stop):
     return h
 
 
+@numba.njit(inline="always", **JIT)
+def _string_id(offsets, data, valid, i):
+    if valid[i]:
+        return np.int64(fmix64(_fnv1a64(data, offsets[i], offsets[i + 1])))
+    return NULL_ID
+
+
+@numba.njit(**JIT)
+def _string_ids_serial(offsets, data, valid, out):
+    for i in range(out.shape[0]):
+        out[i] = _string_id(offsets, data, valid, i)
+
+
 @numba.njit(parallel=True, **JIT)
-def _string_ids(offsets, data, valid, out):
+def _string_ids_parallel(offsets, data, valid, out):
     for i in prange(out.shape[0]):
-        if valid[i]:
-            out[i] = np.int64(fmix64(_fnv1a64(data, offsets[i], offsets[i + 1])))
-        else:
-            out[i] = NULL_ID
+        out[i] = _string_id(offsets, data, valid, i)
+
+
+# Below this many values a parallel launch costs more than it saves, and on a busy machine a
+# parallel region waits for every worker to be scheduled (milliseconds at batch 1).
+PARALLEL_MIN = 16384
 
 
 def string_ids(offsets: np.ndarray, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -62,7 +77,8 @@ def string_ids(offsets: np.ndarray, data: np.ndarray, valid: np.ndarray) -> np.n
     int64 array [n]
     """
     out = np.empty(valid.shape[0], dtype=np.int64)
-    _string_ids(offsets, data, valid, out)
+    kernel = _string_ids_parallel if out.shape[0] >= PARALLEL_MIN else _string_ids_serial
+    kernel(offsets, data, valid, out)
     return out
 
 
@@ -75,13 +91,24 @@ def string_id(value: str | bytes | None) -> int:
     return int(string_ids(np.array([0, len(raw)], np.int64), data, np.ones(1, np.bool_))[0])
 
 
+@numba.njit(inline="always", **JIT)
+def _cross_id(cols, i):
+    h = fmix64(np.uint64(cols[0, i]))
+    for c in range(1, cols.shape[0]):
+        h = fmix64(h ^ np.uint64(cols[c, i]))
+    return np.int64(h)
+
+
+@numba.njit(**JIT)
+def _cross_ids_serial(cols, out):
+    for i in range(cols.shape[1]):
+        out[i] = _cross_id(cols, i)
+
+
 @numba.njit(parallel=True, **JIT)
-def _cross_ids(cols, out):
+def _cross_ids_parallel(cols, out):
     for i in prange(cols.shape[1]):
-        h = fmix64(np.uint64(cols[0, i]))
-        for c in range(1, cols.shape[0]):
-            h = fmix64(h ^ np.uint64(cols[c, i]))
-        out[i] = np.int64(h)
+        out[i] = _cross_id(cols, i)
 
 
 def cross_ids(cols: np.ndarray) -> np.ndarray:
@@ -90,5 +117,6 @@ def cross_ids(cols: np.ndarray) -> np.ndarray:
     if cols.ndim != 2 or cols.shape[0] < 2:
         raise ValueError(f"a cross needs ids of shape [c >= 2, n], got {cols.shape}")
     out = np.empty(cols.shape[1], dtype=np.int64)
-    _cross_ids(cols, out)
+    kernel = _cross_ids_parallel if out.shape[0] >= PARALLEL_MIN else _cross_ids_serial
+    kernel(cols, out)
     return out
