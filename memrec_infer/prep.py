@@ -111,12 +111,11 @@ def _plain_ids(arr: pa.Array) -> np.ndarray:
     if pa.types.is_null(t):
         return np.full(len(arr), NULL_ID, dtype=np.int64)
     if pa.types.is_integer(t):
-        if t != pa.int64():
-            # safe=False: uint64 values >= 2**63 wrap to negative ids, as the spec says.
-            arr = pc.cast(arr, pa.int64(), safe=False)
         if arr.null_count:
-            arr = pc.fill_null(arr, int(NULL_ID))
-        return np.ascontiguousarray(arr.to_numpy(zero_copy_only=False), dtype=np.int64)
+            arr = pc.fill_null(pc.cast(arr, pa.int64(), safe=False), int(NULL_ID))
+        # A zero-copy view, widened by NumPy: uint64 values >= 2**63 wrap to negative ids, as
+        # the spec says.
+        return arr.to_numpy().astype(np.int64, copy=False)
     if pa.types.is_string_view(t) or pa.types.is_binary_view(t):
         arr = pc.cast(arr, pa.large_binary())
         t = arr.type
@@ -129,8 +128,17 @@ def _plain_ids(arr: pa.Array) -> np.ndarray:
     if arr.null_count:
         valid = arr.is_valid().to_numpy(zero_copy_only=False)
     else:
-        valid = np.ones(n, dtype=np.bool_)
+        valid = _all_valid(n)
     return string_ids(offsets, data, valid)
+
+
+_ALL_VALID = np.ones(1 << 16, dtype=np.bool_)
+_ALL_VALID.flags.writeable = False
+
+
+def _all_valid(n: int) -> np.ndarray:
+    """A read-only all-True mask of length n (shared, so small batches allocate nothing)."""
+    return _ALL_VALID[:n] if n <= _ALL_VALID.shape[0] else np.ones(n, dtype=np.bool_)
 
 
 class FeaturePrep:
@@ -160,10 +168,20 @@ class FeaturePrep:
                     f"{', '.join(SPARSE_DTYPES)}"
                 )
         self._fill = np.array([d.get("fill", 0.0) for d in self.dense], dtype=np.float32)
+        kinds = [d["transform"] for d in self.dense]
+        self._log1p = np.array([i for i, k in enumerate(kinds) if k == "log1p"], np.intp)
+        self._standard = np.array([i for i, k in enumerate(kinds) if k == "standard"], np.intp)
+        self._mean = np.array([self.dense[i]["mean"] for i in self._standard], np.float32)
+        self._std = np.array([self.dense[i]["std"] for i in self._standard], np.float32)
+        self._columns = self._all_columns()
+        self._checked: pa.Schema | None = None
 
     @property
     def columns(self) -> list[str]:
         """Every input column the model reads, each once, dense first."""
+        return list(self._columns)
+
+    def _all_columns(self) -> list[str]:
         seen: dict[str, None] = {d["name"]: None for d in self.dense}
         for s in self.sparse:
             seen.update((c, None) for c in s["columns"])
@@ -194,51 +212,73 @@ class FeaturePrep:
     def __call__(self, batch: Batch) -> PreparedBatch:
         """Prepare one batch of raw columns (pyarrow Table/RecordBatch or dict of arrays)."""
         if not isinstance(batch, pa.Table | pa.RecordBatch):
-            batch = _to_table(batch, self.columns)
-        self.check_schema(batch.schema)
+            batch = _to_table(batch, self._columns)
+        schema = batch.schema
+        # Batches of one stream share a schema: check it once, not on every call.
+        if self._checked is None or not schema.equals(self._checked):
+            self.check_schema(schema)
+            self._checked = schema
         n = batch.num_rows
-        dense = np.empty((n, len(self.dense)), dtype=np.float32)
-        for j, d in enumerate(self.dense):
-            dense[:, j] = self._dense_column(_combine(batch.column(d["name"])), j, d)
-        bags = [self._sparse_feature(batch, s) for s in self.sparse]
+        dense = self._dense_matrix(batch, n)
+        # A column feeding several features (alone and in crosses) is hashed once per batch.
+        column_ids: dict[str, np.ndarray] = {}
+        bags = [self._sparse_feature(batch, s, column_ids) for s in self.sparse]
         total = sum(len(v) for v, _ in bags)
         values = np.empty(total, dtype=np.int64)
         offsets = np.empty((len(self.sparse), n + 1), dtype=np.int64)
+        steps = np.arange(n + 1, dtype=np.int64)
         base = 0
         for f, (ids, lengths) in enumerate(bags):
             values[base : base + len(ids)] = ids
             offsets[f, 0] = base
             if lengths is None:
-                offsets[f, 1:] = base + np.arange(1, n + 1, dtype=np.int64)
+                np.add(steps, base, out=offsets[f])
             else:
                 np.cumsum(lengths, out=offsets[f, 1:])
                 offsets[f, 1:] += base
             base += len(ids)
         return PreparedBatch(num_rows=n, dense=dense, values=values, offsets=offsets)
 
-    def _dense_column(self, arr: pa.Array, j: int, d: Mapping[str, Any]) -> np.ndarray:
-        if pa.types.is_dictionary(arr.type):
-            arr = arr.dictionary_decode()
-        # safe=False: int64 beyond 2**24 rounds to the nearest float32, as torch would.
-        x = pc.cast(arr, pa.float32(), safe=False).to_numpy(zero_copy_only=False)
-        x = np.where(np.isnan(x), self._fill[j], x).astype(np.float32, copy=False)
-        transform = d["transform"]
-        if transform == "log1p":
-            return np.log1p(np.maximum(x, np.float32(0)))
-        if transform == "standard":
-            return (x - np.float32(d["mean"])) / np.float32(d["std"])
-        return x
+    def _dense_matrix(self, batch: pa.Table | pa.RecordBatch, n: int) -> np.ndarray:
+        """float32 [B, n_dense]: columns as float32, nulls/NaN -> fill, then the transforms."""
+        dense = np.empty((n, len(self.dense)), dtype=np.float32)
+        for j, d in enumerate(self.dense):
+            arr = _combine(batch.column(d["name"]))
+            t = arr.type
+            if pa.types.is_floating(t) or (arr.null_count == 0 and pa.types.is_integer(t)):
+                # A view (nulls of a float column come back as NaN); the assignment converts
+                # to float32 as a C cast would.
+                dense[:, j] = arr.to_numpy(zero_copy_only=False)
+            else:
+                if pa.types.is_dictionary(t):
+                    arr = arr.dictionary_decode()
+                # safe=False: int64 beyond 2**24 rounds to the nearest float32, as torch would.
+                x = pc.cast(arr, pa.float32(), safe=False)
+                dense[:, j] = x.to_numpy(zero_copy_only=False)
+        nan = np.isnan(dense)
+        if nan.any():
+            np.copyto(dense, np.broadcast_to(self._fill, dense.shape), where=nan)
+        if self._log1p.size:
+            dense[:, self._log1p] = np.log1p(np.maximum(dense[:, self._log1p], np.float32(0)))
+        if self._standard.size:
+            dense[:, self._standard] = (dense[:, self._standard] - self._mean) / self._std
+        return dense
 
     def _sparse_feature(
-        self, batch: pa.Table | pa.RecordBatch, s: Mapping[str, Any]
+        self,
+        batch: pa.Table | pa.RecordBatch,
+        s: Mapping[str, Any],
+        column_ids: dict[str, np.ndarray],
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Ids of one feature and its bag lengths (None for one-hot)."""
-        cols = [_combine(batch.column(c)) for c in s["columns"]]
-        if s["dtype"] == "cross":
-            return cross_ids(np.stack([_plain_ids(c) for c in cols])), None
-        arr = cols[0]
         if not s["multi_hot"]:
-            return _plain_ids(arr), None
+            ids = []
+            for c in s["columns"]:
+                if c not in column_ids:
+                    column_ids[c] = _plain_ids(_combine(batch.column(c)))
+                ids.append(column_ids[c])
+            return (cross_ids(np.stack(ids)) if s["dtype"] == "cross" else ids[0]), None
+        arr = _combine(batch.column(s["columns"][0]))
         if pa.types.is_list_view(arr.type):
             arr = pc.cast(arr, pa.large_list(arr.type.value_type))
         lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
