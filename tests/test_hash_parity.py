@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from memrec_infer.kernels.hashing import buckets as numba_buckets  # noqa: E402
-from memrec_infer.kernels.hashing import draw_seeds  # noqa: E402
-from memrec_infer.models.hashing import buckets as torch_buckets  # noqa: E402
-from memrec_infer.models.hashing import seed_to_int64, seeds_tensor  # noqa: E402
+from memrec_infer.kernels.hashing import buckets as numba_buckets
+from memrec_infer.kernels.hashing import draw_seeds
+from memrec_infer.models.hashing import buckets as torch_buckets
+from memrec_infer.models.hashing import seed_to_int64, seeds_tensor
 
 U64 = 2**64
 GOLDEN_SEEDS = [

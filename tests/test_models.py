@@ -5,16 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from memrec_infer.errors import CheckpointError  # noqa: E402
-from memrec_infer.kernels.hashing import buckets as numba_buckets  # noqa: E402
-from memrec_infer.kernels.hashing import draw_seeds  # noqa: E402
-from memrec_infer.kernels.ids import string_id  # noqa: E402
-from memrec_infer.models import load_checkpoint, save_checkpoint  # noqa: E402
-from memrec_infer.models.dlrm import build_dlrm, interaction_pairs  # noqa: E402
-from memrec_infer.models.embedding import (  # noqa: E402
+from memrec_infer.errors import CheckpointError
+from memrec_infer.kernels.hashing import buckets as numba_buckets
+from memrec_infer.kernels.hashing import draw_seeds
+from memrec_infer.kernels.ids import string_id
+from memrec_infer.models import load_checkpoint, save_checkpoint
+from memrec_infer.models.dlrm import build_dlrm, interaction_pairs
+from memrec_infer.models.embedding import (
     EmbeddingCollection,
     FeatureRoute,
     FullEmbeddingBag,

@@ -6,13 +6,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from click.testing import CliRunner
 
-torch = pytest.importorskip("torch")
-
-from memrec_infer.cli import main  # noqa: E402
-from memrec_infer.models import load_checkpoint  # noqa: E402
-from memrec_infer.models.train import auc, train  # noqa: E402
+from memrec_infer.cli import main
+from memrec_infer.models import load_checkpoint
+from memrec_infer.models.train import auc, train
 
 FLIGHTS = "data/flights.parquet"
 DENSE = "distance,hour,seats"
