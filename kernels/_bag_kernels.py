@@ -14,6 +14,7 @@ import numpy as np
 from numba import prange
 
 from ._config import JIT
+from ._intrinsics import prefetch, rows1_add, rows1_set, rows2_set, rows3_set, rows4_set
 from .hashing import bucket_keyed
 
 # Columns of the ``meta`` array, one row per feature.
@@ -57,165 +58,291 @@ def vocab_row(vocab, lo, n, x):
     return 0
 
 
-@numba.njit(inline="always", **JIT)
-def _axpy(out, b, f, alpha, tokens, r, first):
-    # The first row of a bag is assigned, not added: zeroing a row first compiles to a memset
-    # call per bag, and the re-read of that fresh store stalls store forwarding.
-    if first:
-        for d in range(tokens.shape[1]):
-            out[b, f, d] = alpha * tokens[r, d]
-    else:
-        for d in range(tokens.shape[1]):
-            out[b, f, d] += alpha * tokens[r, d]
+# Ids whose rows are prefetched ahead of the one being pooled: enough to cover an L3 (token
+# rows) or DRAM (full rows) latency with a few bags' worth of work, few enough to stay in L1.
+PREFETCH_AHEAD = 8
+# float32 elements per 64-byte cache line: one prefetch per line of a row.
+LINE = 16
 
 
 @numba.njit(inline="always", **JIT)
-def _finish(out, b, f, n, mean):
-    # An empty bag pools to zeros; mean pooling divides by the bag length.
-    if n == 0:
-        for d in range(out.shape[2]):
-            out[b, f, d] = 0.0
-    elif mean:
-        nf = np.float32(n)
-        for d in range(out.shape[2]):
-            out[b, f, d] /= nf
+def _hash_ids(values, weights, vocab, keys, meta, f, p0, n, hb, ab):
+    """Phase 1 of a tile: rows ``hb[j, i]`` and weights ``ab[j, i]`` of ids ``values[p0:p0+n]``.
 
-
-@numba.njit(inline="always", **JIT)
-def _memrec_bags(values, offsets, tokens, weights, keys, meta, f, b0, b1, out, g):
-    """MEM-REC bags ``(f, b0..b1)`` into ``out[b0:b1, f]``; ``g`` is scratch of >= k_w int64.
-
-    ``keys`` rows are ``(a0, a1, a2*slot + b)`` (see ``hashing.bucket_keyed``).
+    Each loop runs over ids with one hash function's keys fixed, so it vectorises (64-bit
+    multiplies over a whole tile) instead of interleaving scalar hashing with the gathers.
+    A full feature is one row per id (``k = 1``) with weight 1.
     """
     toff = meta[f, TOKEN_OFFSET]
+    # A slice indexed from 0: Numba's negative-index fix-up on ``p0 + i`` would otherwise turn
+    # every contiguous load of ids into a gather.
+    vals = values[p0 : p0 + n]
+    if meta[f, KIND] == KIND_FULL:
+        nv = meta[f, ROWS] - 1
+        voff = meta[f, VOCAB_OFFSET]
+        for i in range(n):
+            hb[0, i] = toff + vocab_row(vocab, voff, nv, vals[i])
+            ab[0, i] = np.float32(1.0)
+        return
+    if meta[f, K] == 2 and meta[f, KW] == 2:
+        _hash_ids_k2(vals, weights, keys, meta, f, n, hb, ab)
+        return
     m = np.uint64(meta[f, ROWS])
     ts = meta[f, TOKEN_SEED]
-    k = meta[f, K]
+    for j in range(meta[f, K]):
+        a0, a1, c = keys[ts + j, 0], keys[ts + j, 1], keys[ts + j, 2]
+        for i in range(n):
+            hb[j, i] = toff + bucket_keyed(vals[i], a0, a1, c, m)
     woff = meta[f, WEIGHT_OFFSET]
     mw = np.uint64(meta[f, WEIGHT_ROWS])
-    c = meta[f, WEIGHT_COLS]
+    cols = meta[f, WEIGHT_COLS]
     ws = meta[f, WEIGHT_SEED]
-    kw = meta[f, KW]
-    mean = meta[f, MEAN] != 0
-    for b in range(b0, b1):
-        p0 = offsets[f, b]
-        p1 = offsets[f, b + 1]
-        for p in range(p0, p1):
-            x = values[p]
-            for i in range(kw):
-                r = bucket_keyed(x, keys[ws + i, 0], keys[ws + i, 1], keys[ws + i, 2], mw)
-                g[i] = woff + r * c
-            alpha = np.float32(0.0)
-            if c == 1:
-                for i in range(kw):
-                    alpha += weights[g[i]]
-            for j in range(k):
-                if c != 1:
-                    alpha = np.float32(0.0)
-                    for i in range(kw):
-                        alpha += weights[g[i] + j]
-                h = bucket_keyed(x, keys[ts + j, 0], keys[ts + j, 1], keys[ts + j, 2], m)
-                _axpy(out, b, f, alpha, tokens, toff + h, p == p0 and j == 0)
-        _finish(out, b, f, p1 - p0, mean)
+    # alpha = W[g_1] + W[g_2] + ... in hash order (spec section 3): assign, then add.
+    for g in range(meta[f, KW]):
+        a0, a1, c = keys[ws + g, 0], keys[ws + g, 1], keys[ws + g, 2]
+        if cols == 1:
+            if g == 0:
+                for i in range(n):
+                    ab[0, i] = weights[woff + bucket_keyed(vals[i], a0, a1, c, mw)]
+            else:
+                for i in range(n):
+                    ab[0, i] += weights[woff + bucket_keyed(vals[i], a0, a1, c, mw)]
+        else:
+            for i in range(n):
+                r = woff + bucket_keyed(vals[i], a0, a1, c, mw) * cols
+                if g == 0:
+                    for j in range(cols):
+                        ab[j, i] = weights[r + j]
+                else:
+                    for j in range(cols):
+                        ab[j, i] += weights[r + j]
 
 
 @numba.njit(inline="always", **JIT)
-def _memrec_bags_k2(values, offsets, tokens, weights, keys, meta, f, b0, b1, out):
-    """:func:`_memrec_bags` for k = k_w = 2 (the default configuration), fully unrolled.
-
-    Same arithmetic in the same order; the keys live in registers instead of being re-read
-    after every store to ``out``, which measured ~1.5x faster than the generic loops at D=16.
-    """
+def _hash_ids_k2(vals, weights, keys, meta, f, n, hb, ab):
+    # k = k_w = 2 (the default). All four hashes of an id in one loop that writes integers only,
+    # so it vectorises (64-bit multiplies); the weight gathers follow in a loop of their own,
+    # since a loop that both gathers from ``weights`` and stores floats cannot be vectorised
+    # without knowing the two never overlap. Rows 2 and 3 of ``hb`` hold the weight rows.
     toff = meta[f, TOKEN_OFFSET]
-    m = np.uint64(meta[f, ROWS])
+    # m < 2**31: masking tells LLVM the last multiply is 32 x 32 bits (vpmuludq, not vpmullq).
+    m = np.uint64(meta[f, ROWS]) & np.uint64(0xFFFFFFFF)
     ts = meta[f, TOKEN_SEED]
-    woff = meta[f, WEIGHT_OFFSET]
-    mw = np.uint64(meta[f, WEIGHT_ROWS])
-    c = meta[f, WEIGHT_COLS]
-    ws = meta[f, WEIGHT_SEED]
-    mean = meta[f, MEAN] != 0
     t0a, t0b, t0c = keys[ts, 0], keys[ts, 1], keys[ts, 2]
     t1a, t1b, t1c = keys[ts + 1, 0], keys[ts + 1, 1], keys[ts + 1, 2]
+    woff = meta[f, WEIGHT_OFFSET]
+    mw = np.uint64(meta[f, WEIGHT_ROWS]) & np.uint64(0xFFFFFFFF)
+    cols = meta[f, WEIGHT_COLS]
+    ws = meta[f, WEIGHT_SEED]
     w0a, w0b, w0c = keys[ws, 0], keys[ws, 1], keys[ws, 2]
     w1a, w1b, w1c = keys[ws + 1, 0], keys[ws + 1, 1], keys[ws + 1, 2]
-    second = 1 if c == 2 else 0  # column of alpha_2: per-hash weights, or the scalar again
-    for b in range(b0, b1):
-        p0 = offsets[f, b]
-        p1 = offsets[f, b + 1]
-        for p in range(p0, p1):
-            x = values[p]
-            g0 = woff + bucket_keyed(x, w0a, w0b, w0c, mw) * c
-            g1 = woff + bucket_keyed(x, w1a, w1b, w1c, mw) * c
-            alpha0 = np.float32(0.0) + weights[g0] + weights[g1]
-            alpha1 = np.float32(0.0) + weights[g0 + second] + weights[g1 + second]
-            h0 = toff + bucket_keyed(x, t0a, t0b, t0c, m)
-            h1 = toff + bucket_keyed(x, t1a, t1b, t1c, m)
-            _axpy(out, b, f, alpha0, tokens, h0, p == p0)
-            _axpy(out, b, f, alpha1, tokens, h1, False)
-        _finish(out, b, f, p1 - p0, mean)
+    for i in range(n):
+        x = vals[i]
+        hb[0, i] = toff + bucket_keyed(x, t0a, t0b, t0c, m)
+        hb[1, i] = toff + bucket_keyed(x, t1a, t1b, t1c, m)
+        hb[2, i] = woff + bucket_keyed(x, w0a, w0b, w0c, mw) * cols
+        hb[3, i] = woff + bucket_keyed(x, w1a, w1b, w1c, mw) * cols
+    second = 1 if cols == 2 else 0  # column of alpha_2: per-hash weights, or the scalar again
+    for i in range(n):
+        g0 = hb[2, i]
+        g1 = hb[3, i]
+        ab[0, i] = weights[g0] + weights[g1]
+        ab[1, i] = weights[g0 + second] + weights[g1 + second]
 
 
 @numba.njit(inline="always", **JIT)
-def _full_bags(values, offsets, tokens, vocab, meta, f, b0, b1, out):
-    """Full-table bags ``(f, b0..b1)`` into ``out[b0:b1, f]``: vocabulary search + gather."""
-    toff = meta[f, TOKEN_OFFSET]
-    nv = meta[f, ROWS] - 1
-    voff = meta[f, VOCAB_OFFSET]
-    mean = meta[f, MEAN] != 0
-    one = np.float32(1.0)
+def _one_hot(offsets, f, b0, b1):
+    # True if every bag (f, b0..b1) holds exactly one id (branch-free scan, vectorises).
+    bad = 0
     for b in range(b0, b1):
-        p0 = offsets[f, b]
-        p1 = offsets[f, b + 1]
-        for p in range(p0, p1):
-            r = toff + vocab_row(vocab, voff, nv, values[p])
-            _axpy(out, b, f, one, tokens, r, p == p0)
-        _finish(out, b, f, p1 - p0, mean)
+        bad |= offsets[f, b + 1] - offsets[f, b] - 1
+    return bad == 0
 
 
-@numba.njit(**JIT)
-def _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, g):
-    # Feature-major inside a tile: one feature's table stays hot for the whole tile.
-    for f in range(meta.shape[0]):
-        if meta[f, KIND] == KIND_MEMREC and meta[f, K] == 2 and meta[f, KW] == 2:
-            _memrec_bags_k2(values, offsets, tokens, weights, keys, meta, f, b0, b1, out)
-        elif meta[f, KIND] == KIND_MEMREC:
-            _memrec_bags(values, offsets, tokens, weights, keys, meta, f, b0, b1, out, g)
+@numba.njit(inline="always", **JIT)
+def _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim):
+    # Bags of one id each: z(x) straight into its output row, rows of the id PREFETCH_AHEAD
+    # positions on requested now (the scratch is padded with valid rows past ``n``).
+    nf = meta.shape[0]
+    if meta[f, KIND] == KIND_FULL:
+        k = 1
+        sel = 0
+    else:
+        k = meta[f, K]
+        sel = 1 if meta[f, WEIGHT_COLS] != 1 else 0
+    if k == 2:
+        for i in range(n):
+            for d in range(0, dim, LINE):
+                prefetch(tokens, hb[0, i + PREFETCH_AHEAD], d)
+                prefetch(tokens, hb[1, i + PREFETCH_AHEAD], d)
+            rows2_set(dim, out, (b0 + i) * nf + f, tokens, hb[0, i], ab[0, i], hb[1, i], ab[sel, i])
+    elif k == 1:
+        for i in range(n):
+            for d in range(0, dim, LINE):
+                prefetch(tokens, hb[0, i + PREFETCH_AHEAD], d)
+            rows1_set(dim, out, (b0 + i) * nf + f, tokens, hb[0, i], ab[0, i])
+    else:
+        for i in range(n):
+            for j in range(k):
+                for d in range(0, dim, LINE):
+                    prefetch(tokens, hb[j, i + PREFETCH_AHEAD], d)
+            _pool_general(tokens, k, sel, i, i + 1, hb, ab, out, (b0 + i) * nf + f, dim)
+
+
+@numba.njit(inline="always", **JIT)
+def _pool_bags(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim):
+    """Phase 2 of a tile: pool bags ``(f, b0..b1)`` from the rows and weights of phase 1.
+
+    ``out`` is the ``[B * F, D]`` view of the output; bag ``(f, b)`` is its row ``b * F + f``.
+    ``dim`` is a compile-time constant in every caller (see :func:`lookup_kernels`).
+    """
+    if meta[f, KIND] == KIND_FULL:
+        k = 1
+        sel = 0
+    else:
+        k = meta[f, K]
+        sel = 1 if meta[f, WEIGHT_COLS] != 1 else 0  # scalar weight: alpha_j = alpha_0
+    mean = meta[f, MEAN] != 0
+    nf = meta.shape[0]
+    n = offsets[f, b1] - p0
+    ahead = 0  # ids [0, ahead) have had their rows prefetched
+    for b in range(b0, b1):
+        q0 = offsets[f, b] - p0
+        q1 = offsets[f, b + 1] - p0
+        stop = min(n, q1 + PREFETCH_AHEAD)
+        while ahead < stop:
+            for j in range(k):
+                for d in range(0, dim, LINE):
+                    prefetch(tokens, hb[j, ahead], d)
+            ahead += 1
+        o = b * nf + f
+        if q1 - q0 == 1:
+            # One-hot bag: z(x) in one pass, each row read once and the output written once.
+            if k == 2:
+                rows2_set(dim, out, o, tokens, hb[0, q0], ab[0, q0], hb[1, q0], ab[sel, q0])
+            elif k == 1:
+                rows1_set(dim, out, o, tokens, hb[0, q0], ab[0, q0])
+            elif k == 3:
+                rows3_set(
+                    dim, out, o, tokens,
+                    hb[0, q0], ab[0, q0], hb[1, q0], ab[sel, q0], hb[2, q0], ab[2 * sel, q0],
+                )  # fmt: skip
+            elif k == 4:
+                rows4_set(
+                    dim, out, o, tokens,
+                    hb[0, q0], ab[0, q0], hb[1, q0], ab[sel, q0],
+                    hb[2, q0], ab[2 * sel, q0], hb[3, q0], ab[3 * sel, q0],
+                )  # fmt: skip
+            else:
+                _pool_general(tokens, k, sel, q0, q1, hb, ab, out, o, dim)
+        elif q1 == q0:
+            for d in range(dim):
+                out[o, d] = 0.0  # an empty bag pools to zeros
         else:
-            _full_bags(values, offsets, tokens, vocab, meta, f, b0, b1, out)
+            _pool_general(tokens, k, sel, q0, q1, hb, ab, out, o, dim)
+            if mean:
+                _divide(out, o, np.float32(q1 - q0), dim)
 
 
-@numba.njit(**JIT)
-def lookup_serial(values, offsets, tokens, weights, vocab, keys, meta, tile, max_kw, out):
-    """All bags of a batch on the calling thread, ``tile`` samples at a time.
+@numba.njit(inline="always", **JIT)
+def _pool_general(tokens, k, sel, q0, q1, hb, ab, out, o, dim):
+    # Any bag and any k: row by row, in id then hash order. The first row is assigned, not
+    # added: zeroing first costs a store and a store-forwarded reload per bag.
+    rows1_set(dim, out, o, tokens, hb[0, q0], ab[0, q0])
+    for q in range(q0, q1):
+        for j in range(1 if q == q0 else 0, k):
+            rows1_add(dim, out, o, tokens, hb[j, q], ab[j * sel, q])
 
-    Parameters
-    ----------
+
+@numba.njit(inline="always", **JIT)
+def _divide(out, o, n, dim):
+    # Mean pooling divides (not multiplies by 1/n), exactly as the spec and torch do.
+    for d in range(dim):
+        out[o, d] /= n
+
+
+@numba.njit(inline="always", **JIT)
+def _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim):
+    # Feature-major inside a tile: hash all of a feature's ids, then pool its bags.
+    for f in range(meta.shape[0]):
+        p0 = offsets[f, b0]
+        n = offsets[f, b1] - p0
+        _hash_ids(values, weights, vocab, keys, meta, f, p0, n, hb, ab)
+        # Prefetches run PREFETCH_AHEAD ids past the end: point them at a real row.
+        for j in range(hb.shape[0]):
+            for i in range(n, n + PREFETCH_AHEAD):
+                hb[j, i] = meta[f, TOKEN_OFFSET]
+        if _one_hot(offsets, f, b0, b1):
+            _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim)
+        else:
+            _pool_bags(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim)
+
+
+@numba.njit(inline="always", **JIT)
+def _tile_ids(offsets, b0, b1):
+    # Scratch length for a tile: its largest number of ids in one feature (at least 1).
+    cap = 1
+    for f in range(offsets.shape[0]):
+        cap = max(cap, offsets[f, b1] - offsets[f, b0])
+    return cap
+
+
+def _make_lookup_kernels(dim: int):
+    # Closures over a constant ``dim``: Numba folds it, so LLVM sees fixed-length row loops.
+    # ``cache=True`` keys the on-disk cache on the closure's contents, one entry per D.
+
+    @numba.njit(**JIT)
+    def lookup_serial(values, offsets, tokens, weights, vocab, keys, meta, tile, max_k, out):
+        nb = out.shape[0]
+        if nb == 0:
+            return
+        out = out.reshape(nb * meta.shape[0], dim)
+        cap = 1
+        for b0 in range(0, nb, tile):
+            cap = max(cap, _tile_ids(offsets, b0, min(nb, b0 + tile)))
+        hb = np.empty((max(max_k, 4), cap + PREFETCH_AHEAD), np.int64)
+        ab = np.empty((max_k, cap), np.float32)
+        for b0 in range(0, nb, tile):
+            b1 = min(nb, b0 + tile)
+            _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim)
+
+    @numba.njit(parallel=True, **JIT)
+    def lookup_parallel(values, offsets, tokens, weights, vocab, keys, meta, tile, max_k, out):
+        nb = out.shape[0]
+        out = out.reshape(nb * meta.shape[0], dim)
+        for t in prange((nb + tile - 1) // tile):
+            b0 = t * tile
+            b1 = min(nb, b0 + tile)
+            cap = _tile_ids(offsets, b0, b1)
+            hb = np.empty((max(max_k, 4), cap + PREFETCH_AHEAD), np.int64)
+            ab = np.empty((max_k, cap), np.float32)
+            _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim)
+
+    return lookup_serial, lookup_parallel
+
+
+_KERNELS: dict[int, tuple] = {}
+
+
+def lookup_kernels(dim: int) -> tuple:
+    """The ``(serial, parallel)`` lookup kernels specialised for embedding width ``dim``.
+
+    Both take ``(values, offsets, tokens, weights, vocab, keys, meta, tile, max_k, out)``:
+
     values : int64 [N]
     offsets : int64 [F, B + 1]
-    tokens : float32 [R, D]
+    tokens : float32 [R, dim]
     weights : float32 [RW]
     vocab : int64 [V]
     keys : uint64 [S, 3], hash keys ``(a0, a1, a2*slot + b)`` of every hash function
     meta : int64 [F, META_COLS]
-    tile : samples per tile, >= 1
-    max_kw : largest k_w of the plan (scratch size)
-    out : float32 [B, F, D], overwritten
+    tile : samples per tile, >= 1 (the parallel kernel spreads tiles over threads)
+    max_k : largest k of the plan, >= 1 (rows of the per-tile scratch)
+    out : float32 [B, F, dim], overwritten
     """
-    nb = out.shape[0]
-    g = np.empty(max(max_kw, 1), np.int64)
-    for b0 in range(0, nb, tile):
-        _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, min(nb, b0 + tile), out, g)
-
-
-@numba.njit(parallel=True, **JIT)
-def lookup_parallel(values, offsets, tokens, weights, vocab, keys, meta, tile, max_kw, out):
-    """Same as :func:`lookup_serial`, tiles spread over Numba's threads (disjoint outputs)."""
-    nb = out.shape[0]
-    ntiles = (nb + tile - 1) // tile
-    for t in prange(ntiles):
-        g = np.empty(max(max_kw, 1), np.int64)  # one small scratch per tile, not per bag
-        b0 = t * tile
-        _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, min(nb, b0 + tile), out, g)
+    if dim not in _KERNELS:
+        _KERNELS[dim] = _make_lookup_kernels(dim)
+    return _KERNELS[dim]
 
 
 @numba.njit(**JIT)

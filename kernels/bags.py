@@ -100,7 +100,9 @@ class BagPlan:
         self.vocab = vocab
         self._keys = keys
         self._meta = meta
-        self._max_kw = int(meta[:, _k.KW].max()) if len(features) else 0
+        # Rows of the per-tile scratch: the largest k (a full feature counts as k = 1).
+        self._max_k = max(1, int(meta[:, _k.K].max())) if len(features) else 1
+        self._kernels = _k.lookup_kernels(int(tokens.shape[1]))
 
     @property
     def num_features(self) -> int:
@@ -183,7 +185,7 @@ class BagPlan:
             )
         if parallel is None:
             parallel = nb > SERIAL_MAX_BATCH
-        kernel = _k.lookup_parallel if parallel else _k.lookup_serial
+        kernel = self._kernels[1] if parallel else self._kernels[0]
         kernel(
             values,
             offsets,
@@ -193,7 +195,7 @@ class BagPlan:
             self._keys,
             self._meta,
             self.tile(nb, parallel),
-            self._max_kw,
+            self._max_k,
             out,
         )
         return out

@@ -128,6 +128,40 @@ def test_mixed_random_batches(parallel, seed):
     check(features, tokens, weights, vocab, values, offsets, parallel)
 
 
+def every_k_features(rng):
+    """One-hot fast paths for k = 1..4 (scalar and per-hash weights), the generic k = 5, k_w
+    from 1 to 3, and a full table (k = 1 with weight 1)."""
+    return [
+        memrec(rng, 0, 20, 0, k=1, kw=1),
+        memrec(rng, 0, 20, 7, k=2, kw=2),
+        memrec(rng, 20, 11, 21, k=2, kw=2, per_hash=False, pooling="mean"),
+        memrec(rng, 0, 20, 28, k=3, kw=2),
+        memrec(rng, 20, 11, 49, k=4, kw=3),
+        memrec(rng, 31, 9, 77, k=4, kw=1, per_hash=False),
+        memrec(rng, 0, 40, 84, k=5, kw=2),
+        FeatureTable("full", 40, 5, vocab_offset=0),
+    ]
+
+
+@pytest.mark.parametrize("parallel", PARALLEL)
+@pytest.mark.parametrize("dim", [3, 16, 20, 128])
+@pytest.mark.parametrize("one_hot", [True, False])
+def test_every_k_and_width(parallel, dim, one_hot):
+    # Kernels are specialised per D (16-wide vector chunks, then a scalar tail) and take a
+    # faster path for tiles whose bags all hold one id; both must match the reference.
+    rng = np.random.default_rng(20 + dim)
+    tokens, weights, vocab = tables(rng, dim=dim)
+    features = every_k_features(rng)
+    nb = 300
+    if one_hot:
+        values = rng.choice(np.asarray(EDGE_IDS, dtype=np.int64), size=len(features) * nb)
+        offsets = np.arange(len(features) * nb + 1, dtype=np.int64)[:-1].reshape(-1, nb)
+        offsets = np.concatenate([offsets, offsets[:, -1:] + 1], axis=1)
+    else:
+        values, offsets = jagged(rng, len(features), nb, 3, EDGE_IDS)
+    check(features, tokens, weights, vocab, values, offsets, parallel)
+
+
 @pytest.mark.parametrize("parallel", PARALLEL)
 def test_many_samples_cross_tiles(parallel):
     # More samples than one tile, so the parallel kernel splits work over several tiles.

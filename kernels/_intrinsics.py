@@ -1,0 +1,196 @@
+"""Low-level helpers Numba has no spelling for: a software prefetch of one array element.
+
+Random row gathers (token rows in L3, full-table rows in DRAM) are latency bound: a gather loop
+stalls once the out-of-order window is full of outstanding loads. Prefetching the rows a few
+bags ahead keeps more misses in flight, as FBGEMM's embedding kernels do.
+"""
+
+from __future__ import annotations
+
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+_IR = cgutils.ir  # llvmlite's IR module, as Numba itself uses it
+
+
+@intrinsic
+def prefetch(typingctx, arr, i, j):  # noqa: ARG001 (Numba's intrinsic signature)
+    """Prefetch the cache line holding ``arr[i, j]`` into all cache levels (``prefetcht0``).
+
+    A hint only: it never faults, so an index outside ``arr`` is harmless (but useless).
+
+    Parameters
+    ----------
+    arr : 2-D array (any dtype, C layout)
+    i, j : integer indices
+    """
+    if not isinstance(arr, types.Array) or arr.ndim != 2:
+        return None
+    if not isinstance(i, types.Integer) or not isinstance(j, types.Integer):
+        return None
+    sig = types.void(arr, i, j)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        idx = [
+            context.cast(builder, args[1], signature.args[1], types.intp),
+            context.cast(builder, args[2], signature.args[2], types.intp),
+        ]
+        ptr = cgutils.get_item_pointer2(
+            context,
+            builder,
+            ary.data,
+            cgutils.unpack_tuple(builder, ary.shape),
+            cgutils.unpack_tuple(builder, ary.strides),
+            aryty.layout,
+            idx,
+            wraparound=False,
+            boundscheck=False,
+        )
+        i32 = _IR.IntType(32)
+        fnty = _IR.FunctionType(_IR.VoidType(), [cgutils.voidptr_t, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # (address, rw = read, locality = 3 (keep in all levels), cache = data)
+        builder.call(fn, [builder.bitcast(ptr, cgutils.voidptr_t), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# Vector width of the row updates: 16 float32 = one 64-byte cache line, one AVX-512 register.
+_VEC = 16
+_FP_FLAGS = ("contract",)  # let LLVM fuse multiply-add; no reassociation, sums keep their order
+
+
+def _row_ptr(context, builder, aryty, value, row):
+    # Address of ``arr[row, 0]`` as a float pointer.
+    ary = context.make_array(aryty)(context, builder, value)
+    return cgutils.get_item_pointer2(
+        context,
+        builder,
+        ary.data,
+        cgutils.unpack_tuple(builder, ary.shape),
+        cgutils.unpack_tuple(builder, ary.strides),
+        aryty.layout,
+        [row, context.get_constant(types.intp, 0)],
+        wraparound=False,
+        boundscheck=False,
+    )
+
+
+def _splat(builder, value, width):
+    vecty = _IR.VectorType(value.type, width)
+    vec = builder.insert_element(_IR.Constant(vecty, None), value, _IR.IntType(32)(0))
+    zeros = _IR.Constant(_IR.VectorType(_IR.IntType(32), width), [0] * width)
+    return builder.shuffle_vector(vec, _IR.Constant(vecty, None), zeros)
+
+
+def _emit_rows(builder, dst, srcs, weights, start, width, accumulate):
+    # dst[start:start+width] (+)= sum_j weights[j] * srcs[j][start:start+width], every load
+    # issued before the store, so no aliasing question arises.
+    f32 = _IR.FloatType()
+    if width == 1:
+        ety, cast = f32, lambda p: p
+    else:
+        ety = _IR.VectorType(f32, width)
+
+        def cast(p):
+            return builder.bitcast(p, ety.as_pointer())
+
+    def at(ptr):
+        return cast(builder.gep(ptr, [start], inbounds=True, source_etype=f32))
+
+    acc = None
+    for src, w in zip(srcs, weights, strict=True):
+        term = builder.fmul(
+            _splat(builder, w, width) if width > 1 else w,
+            builder.load(at(src), align=4, typ=ety),
+            flags=_FP_FLAGS,
+        )
+        acc = term if acc is None else builder.fadd(acc, term, flags=_FP_FLAGS)
+    if accumulate:
+        acc = builder.fadd(builder.load(at(dst), align=4, typ=ety), acc, flags=_FP_FLAGS)
+    builder.store(acc, at(dst), align=4)
+
+
+def _row_op(nrows: int, accumulate: bool, dim, dst, i, src, pairs):
+    """Signature and code of ``op(dim, dst, i, src, r_0, w_0, ..., r_{n-1}, w_{n-1})``.
+
+    It computes ``dst[i, :] = w_0 * src[r_0, :] + ... + w_{n-1} * src[r_{n-1}, :]`` (or adds
+    that to ``dst[i, :]`` when ``accumulate``), left to right, with explicit 16-wide vector
+    loads and stores. ``dst`` and ``src`` are C-contiguous float32 2-D arrays of width ``dim``;
+    nothing is checked. Pass ``dim`` as a compile-time constant so that LLVM drops the loops.
+    Numba cannot tell that ``dst`` and ``src`` never overlap, so its own loops either fall back
+    to scalar code (constant D, fully unrolled) or test for overlap on every row; issuing all
+    loads of a chunk before its store needs no such test.
+    """
+    arrays = (dst, src)
+    if any(not isinstance(a, types.Array) or a.ndim != 2 for a in arrays):
+        return None
+    if any(a.dtype != types.float32 or a.layout != "C" for a in arrays):
+        return None
+    if not isinstance(i, types.Integer) or not isinstance(dim, types.Integer):
+        return None
+    if any(not isinstance(r, types.Integer) for r in pairs[0::2]):
+        return None
+    if any(not isinstance(w, (types.Float, types.Integer)) for w in pairs[1::2]):
+        return None
+    sig = types.void(dim, dst, i, src, *pairs)
+
+    def codegen(context, builder, signature, args):
+        intp = types.intp
+        tys = signature.args
+        dim = context.cast(builder, args[0], tys[0], intp)
+        row = context.cast(builder, args[2], tys[2], intp)
+        dptr = _row_ptr(context, builder, tys[1], args[1], row)
+        srcs, ws = [], []
+        for j in range(nrows):
+            r = context.cast(builder, args[4 + 2 * j], tys[4 + 2 * j], intp)
+            srcs.append(_row_ptr(context, builder, tys[3], args[3], r))
+            ws.append(context.cast(builder, args[5 + 2 * j], tys[5 + 2 * j], types.float32))
+        vec = context.get_value_type(intp)(_VEC)
+        nvec = builder.udiv(dim, vec)
+        with cgutils.for_range(builder, nvec) as loop:
+            _emit_rows(builder, dptr, srcs, ws, builder.mul(loop.index, vec), _VEC, accumulate)
+        # The tail (D not a multiple of 16) element by element.
+        done = builder.mul(nvec, vec)
+        with cgutils.for_range(builder, builder.sub(dim, done)) as loop:
+            _emit_rows(builder, dptr, srcs, ws, builder.add(done, loop.index), 1, accumulate)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# One intrinsic per arity (Numba intrinsics take no *args). See ``_row_op`` for the semantics.
+
+
+@intrinsic
+def rows1_set(typingctx, dim, dst, i, src, r0, w0):  # noqa: ARG001
+    """``dst[i] = w0 * src[r0]``."""
+    return _row_op(1, False, dim, dst, i, src, (r0, w0))
+
+
+@intrinsic
+def rows1_add(typingctx, dim, dst, i, src, r0, w0):  # noqa: ARG001
+    """``dst[i] += w0 * src[r0]``."""
+    return _row_op(1, True, dim, dst, i, src, (r0, w0))
+
+
+@intrinsic
+def rows2_set(typingctx, dim, dst, i, src, r0, w0, r1, w1):  # noqa: ARG001
+    """``dst[i] = w0 * src[r0] + w1 * src[r1]``."""
+    return _row_op(2, False, dim, dst, i, src, (r0, w0, r1, w1))
+
+
+@intrinsic
+def rows3_set(typingctx, dim, dst, i, src, r0, w0, r1, w1, r2, w2):  # noqa: ARG001
+    """``dst[i] = w0 * src[r0] + w1 * src[r1] + w2 * src[r2]``."""
+    return _row_op(3, False, dim, dst, i, src, (r0, w0, r1, w1, r2, w2))
+
+
+@intrinsic
+def rows4_set(typingctx, dim, dst, i, src, r0, w0, r1, w1, r2, w2, r3, w3):  # noqa: ARG001
+    """``dst[i] = w0 * src[r0] + w1 * src[r1] + w2 * src[r2] + w3 * src[r3]``."""
+    return _row_op(4, False, dim, dst, i, src, (r0, w0, r1, w1, r2, w2, r3, w3))
