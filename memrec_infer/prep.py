@@ -98,8 +98,10 @@ def _combine(col: pa.ChunkedArray | pa.Array) -> pa.Array:
     return col
 
 
-def _plain_ids(arr: pa.Array) -> np.ndarray:
-    """Ids (spec sec. 1) of a non-list Arrow array of integers or strings."""
+def _plain_ids(arr: pa.Array | np.ndarray) -> np.ndarray:
+    """Ids (spec sec. 1) of a non-list array of integers or strings."""
+    if isinstance(arr, np.ndarray):  # integers, from a dict batch
+        return arr.astype(np.int64, copy=False)
     t = arr.type
     if pa.types.is_dictionary(t):
         dict_ids = _plain_ids(arr.dictionary)
@@ -175,6 +177,7 @@ class FeaturePrep:
         self._std = np.array([self.dense[i]["std"] for i in self._standard], np.float32)
         self._columns = self._all_columns()
         self._checked: pa.Schema | None = None
+        self._checked_signature: tuple | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -211,13 +214,17 @@ class FeaturePrep:
 
     def __call__(self, batch: Batch) -> PreparedBatch:
         """Prepare one batch of raw columns (pyarrow Table/RecordBatch or dict of arrays)."""
-        if not isinstance(batch, pa.Table | pa.RecordBatch):
-            batch = _to_table(batch, self._columns)
-        schema = batch.schema
-        # Batches of one stream share a schema: check it once, not on every call.
-        if self._checked is None or not schema.equals(self._checked):
-            self.check_schema(schema)
-            self._checked = schema
+        if isinstance(batch, pa.Table | pa.RecordBatch):
+            schema = batch.schema
+            # Batches of one stream share a schema: check it once, not on every call.
+            if self._checked is None or not schema.equals(self._checked):
+                self.check_schema(schema)
+                self._checked = schema
+        else:
+            batch = _DictColumns(batch, self._columns)
+            if batch.signature != self._checked_signature:
+                self.check_schema(batch.schema())
+                self._checked_signature = batch.signature
         n = batch.num_rows
         dense = self._dense_matrix(batch, n)
         # A column feeding several features (alone and in crosses) is hashed once per batch.
@@ -239,11 +246,14 @@ class FeaturePrep:
             base += len(ids)
         return PreparedBatch(num_rows=n, dense=dense, values=values, offsets=offsets)
 
-    def _dense_matrix(self, batch: pa.Table | pa.RecordBatch, n: int) -> np.ndarray:
+    def _dense_matrix(self, batch: _Columns, n: int) -> np.ndarray:
         """float32 [B, n_dense]: columns as float32, nulls/NaN -> fill, then the transforms."""
         dense = np.empty((n, len(self.dense)), dtype=np.float32)
         for j, d in enumerate(self.dense):
-            arr = _combine(batch.column(d["name"]))
+            arr = _column(batch, d["name"])
+            if isinstance(arr, np.ndarray):
+                dense[:, j] = arr  # numbers or bools; NaN is null
+                continue
             t = arr.type
             if pa.types.is_floating(t) or (arr.null_count == 0 and pa.types.is_integer(t)):
                 # A view (nulls of a float column come back as NaN); the assignment converts
@@ -266,7 +276,7 @@ class FeaturePrep:
 
     def _sparse_feature(
         self,
-        batch: pa.Table | pa.RecordBatch,
+        batch: _Columns,
         s: Mapping[str, Any],
         column_ids: dict[str, np.ndarray],
     ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -275,35 +285,68 @@ class FeaturePrep:
             ids = []
             for c in s["columns"]:
                 if c not in column_ids:
-                    column_ids[c] = _plain_ids(_combine(batch.column(c)))
+                    column_ids[c] = _plain_ids(_column(batch, c))
                 ids.append(column_ids[c])
             return (cross_ids(np.stack(ids)) if s["dtype"] == "cross" else ids[0]), None
-        arr = _combine(batch.column(s["columns"][0]))
+        arr = _column(batch, s["columns"][0])
         if pa.types.is_list_view(arr.type):
             arr = pc.cast(arr, pa.large_list(arr.type.value_type))
         lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
         return _plain_ids(arr.flatten()), lengths.astype(np.int64, copy=False)
 
 
-def _to_table(batch: Mapping[str, Any], columns: list[str]) -> pa.Table:
-    """A dict of numpy arrays / lists -> a pyarrow Table of the model's columns."""
-    if not isinstance(batch, Mapping):
-        raise TypeError(
-            f"expected a pyarrow Table, RecordBatch or a dict of arrays, got {type(batch).__name__}"
+class _DictColumns:
+    """A dict batch: NumPy arrays of numbers stay NumPy (no Arrow round trip per column), every
+    other column (strings, lists, Python lists, Arrow arrays) becomes an Arrow array."""
+
+    def __init__(self, batch: Mapping[str, Any], columns: list[str]) -> None:
+        if not isinstance(batch, Mapping):
+            raise TypeError(
+                "expected a pyarrow Table, RecordBatch or a dict of arrays, "
+                f"got {type(batch).__name__}"
+            )
+        missing = [c for c in columns if c not in batch]
+        if missing:
+            raise SchemaMismatchError(f"input: missing column(s): {', '.join(missing)}")
+        self.columns: dict[str, pa.Array | np.ndarray] = {
+            c: _dict_column(c, batch[c]) for c in columns
+        }
+        lengths = {len(a) for a in self.columns.values()}
+        if len(lengths) > 1:
+            sizes = ", ".join(f"{c}={len(a)}" for c, a in self.columns.items())
+            raise SchemaMismatchError(f"input: columns have different lengths ({sizes})")
+        self.num_rows = lengths.pop() if lengths else 0
+        self.signature = tuple(
+            a.dtype if isinstance(a, np.ndarray) else a.type for a in self.columns.values()
         )
-    missing = [c for c in columns if c not in batch]
-    if missing:
-        raise SchemaMismatchError(f"input: missing column(s): {', '.join(missing)}")
-    arrays = {}
-    for c in columns:
-        v = batch[c]
-        if isinstance(v, np.ndarray) and v.dtype.kind == "f":
-            # NaN in a float array stands for null, as pandas does.
-            arrays[c] = pa.array(v, from_pandas=True)
-        else:
-            arrays[c] = pa.array(v) if not isinstance(v, pa.Array | pa.ChunkedArray) else v
-    lengths = {len(a) for a in arrays.values()}
-    if len(lengths) > 1:
-        sizes = ", ".join(f"{c}={len(a)}" for c, a in arrays.items())
-        raise SchemaMismatchError(f"input: columns have different lengths ({sizes})")
-    return pa.table(arrays)
+
+    def schema(self) -> pa.Schema:
+        """The Arrow schema these columns would have."""
+        return pa.schema(
+            [
+                (c, pa.from_numpy_dtype(a.dtype) if isinstance(a, np.ndarray) else a.type)
+                for c, a in self.columns.items()
+            ]
+        )
+
+
+def _dict_column(name: str, v: Any) -> pa.Array | np.ndarray:
+    if isinstance(v, pa.ChunkedArray | pa.Array):
+        return _combine(v)
+    if isinstance(v, np.ndarray):
+        if v.ndim != 1:
+            raise SchemaMismatchError(
+                f"input: column {name!r} has shape {v.shape}; expected a 1-D array"
+            )
+        if v.dtype.kind in "iufb":
+            return v
+    return pa.array(v)
+
+
+_Columns = pa.Table | pa.RecordBatch | _DictColumns
+
+
+def _column(batch: _Columns, name: str) -> pa.Array | np.ndarray:
+    if isinstance(batch, _DictColumns):
+        return batch.columns[name]
+    return _combine(batch.column(name))

@@ -114,3 +114,41 @@ def test_dict_input_with_ragged_lengths_is_refused():
     prep = FeaturePrep(DENSE[:1], [one_hot("i")])
     with pytest.raises(SchemaMismatchError, match="different lengths"):
         prep({"a": np.zeros(2), "i": np.zeros(3, np.int64)})
+
+
+def test_dict_of_numpy_matches_arrow_table():
+    sparse = [
+        one_hot("i"),
+        one_hot("u"),
+        one_hot("s", "string"),
+        one_hot("x", "cross", ["i", "s"]),
+        {"name": "l", "columns": ["l"], "dtype": "int", "multi_hot": True},
+    ]
+    prep = FeaturePrep(DENSE, sparse)
+    cols = {
+        "a": np.array([1, 2**40, -3], np.int64),
+        "b": np.array([np.nan, 0.5, 7.0], np.float32),
+        "c": np.array([True, False, True]),
+        "i": np.array([5, -1, 2**62], np.int64),
+        "u": np.array([1, 2**64 - 1, 3], np.uint64),
+        "s": np.array(["UA", "", "日本"], dtype=object),
+        "l": [[1, 2], [], None],
+    }
+    from_dict = prep(cols)
+    from_arrow = prep(pa.table({k: pa.array(v, from_pandas=True) for k, v in cols.items()}))
+    np.testing.assert_array_equal(from_dict.dense, from_arrow.dense)
+    np.testing.assert_array_equal(from_dict.values, from_arrow.values)
+    np.testing.assert_array_equal(from_dict.offsets, from_arrow.offsets)
+    assert from_dict.values[3:6].tolist() == [1, -1, 3]  # uint64 wraps, as the spec says
+
+
+def test_dict_input_errors_name_the_column():
+    prep = FeaturePrep(DENSE[:1], [one_hot("i")])
+    with pytest.raises(SchemaMismatchError, match="'i' .*expected integers, found double"):
+        prep({"a": np.zeros(2), "i": np.zeros(2)})
+    with pytest.raises(SchemaMismatchError, match=r"'a' has shape \(2, 2\); expected a 1-D"):
+        prep({"a": np.zeros((2, 2)), "i": np.zeros(2, np.int64)})
+    # The schema is re-checked when a later batch's types change.
+    prep({"a": np.zeros(2), "i": np.zeros(2, np.int64)})
+    with pytest.raises(SchemaMismatchError, match="expected integers, found string"):
+        prep({"a": np.zeros(2), "i": np.array(["x", "y"])})
