@@ -14,7 +14,7 @@ import numpy as np
 from numba import prange
 
 from ._config import JIT
-from ._intrinsics import prefetch, rows1_add, rows1_set, rows2_set, rows3_set, rows4_set
+from ._intrinsics import LINE, prefetch, rows1_add, rows1_set, rows2_set, rows3_set, rows4_set
 from .hashing import bucket_keyed
 
 # Columns of the ``meta`` array, one row per feature.
@@ -61,8 +61,6 @@ def vocab_row(vocab, lo, n, x):
 # Ids whose rows are prefetched ahead of the one being pooled: enough to cover an L3 (token
 # rows) or DRAM (full rows) latency with a few bags' worth of work, few enough to stay in L1.
 PREFETCH_AHEAD = 8
-# float32 elements per 64-byte cache line: one prefetch per line of a row.
-LINE = 16
 
 
 @numba.njit(inline="always", **JIT)

@@ -61,6 +61,7 @@ def prefetch(typingctx, arr, i, j):  # noqa: ARG001 (Numba's intrinsic signature
 
 # Vector width of the row updates: 16 float32 = one 64-byte cache line, one AVX-512 register.
 _VEC = 16
+LINE = 16  # float32 elements per 64-byte cache line: one prefetch per line of a row
 _FP_FLAGS = ("contract",)  # let LLVM fuse multiply-add; no reassociation, sums keep their order
 
 

@@ -13,63 +13,99 @@ from numba import prange
 
 from ._checks import require_array
 from ._config import JIT
+from ._intrinsics import LINE, prefetch, rows1_add, rows1_set
 
 # Below this many bags the thread-pool launch costs more than it saves.
 _SERIAL_MAX_BAGS = 64
 _TILE = 256
+# Rows are DRAM-resident and gathered at random: request the rows of the index this many
+# positions ahead (every cache line of them), so that about a DRAM latency's worth of misses are
+# in flight while the current bags are summed. Wider rows take longer per bag: fewer ahead.
+_AHEAD_LINES = 64
+
+
+# Status codes the kernels return (they never raise; the wrapper turns these into errors).
+_OK = 0
+_BAD_INDEX = 1
+_BAD_OFFSETS = 2
 
 
 @numba.njit(inline="always", **JIT)
-def _rows_bags(indices, offsets, table, mean, b0, b1, out):
-    dim = table.shape[1]
+def _rows_bags(indices, offsets, table, mean, b0, b1, out, dim, ahead):
+    """Pool bags ``b0..b1`` into ``out[b0:b1]``; returns a status code.
+
+    Validation is fused into the pass that reads the data anyway (a separate scan of every index
+    cost as much as the gathers of a small batch): the tile's offsets are checked before any of
+    them is used, and each index when its row is prefetched, which always happens before the
+    index is used, so nothing is ever read out of bounds. On an error ``out`` is left partly
+    written.
+    """
+    n = indices.shape[0]
+    bad = (offsets[b0] < 0) | (offsets[b1] > n)
+    for b in range(b0, b1):
+        bad |= offsets[b + 1] < offsets[b]
+    if bad:
+        return _BAD_OFFSETS
+    rows = np.uint64(table.shape[0])
+    stop_all = offsets[b1]
+    pf = offsets[b0]  # indices [.., pf) have been checked and their rows prefetched
+    one = np.float32(1.0)
     for b in range(b0, b1):
         p0 = offsets[b]
         p1 = offsets[b + 1]
-        if p1 <= p0:
+        stop = min(stop_all, p1 + ahead)
+        while pf < stop:
+            r = indices[pf]
+            if np.uint64(r) >= rows:
+                return _BAD_INDEX
+            for d in range(0, dim, LINE):
+                prefetch(table, r, d)
+            pf += 1
+        if p1 - p0 == 1:
+            rows1_set(dim, out, b, table, indices[p0], one)
+        elif p1 <= p0:
             for d in range(dim):
                 out[b, d] = 0.0
-            continue
-        # Assign the first row rather than zero-and-add: zeroing compiles to a memset call.
-        r = indices[p0]
-        for d in range(dim):
-            out[b, d] = table[r, d]
-        for p in range(p0 + 1, p1):
-            r = indices[p]
-            for d in range(dim):
-                out[b, d] += table[r, d]
-        if mean:
-            n = np.float32(p1 - p0)
-            for d in range(dim):
-                out[b, d] /= n
+        else:
+            # The first row is assigned rather than added to zeros: one store less per bag.
+            rows1_set(dim, out, b, table, indices[p0], one)
+            for p in range(p0 + 1, p1):
+                rows1_add(dim, out, b, table, indices[p], one)
+            if mean:
+                nf = np.float32(p1 - p0)
+                for d in range(dim):
+                    out[b, d] /= nf
+    return _OK
 
 
-@numba.njit(**JIT)
-def _rows_serial(indices, offsets, table, mean, out):
-    _rows_bags(indices, offsets, table, mean, 0, out.shape[0], out)
+def _make_rows_kernels(dim: int, ahead: int):
+    # Closures over constants ``dim`` and ``ahead`` (see ``_bag_kernels.lookup_kernels``).
+
+    @numba.njit(**JIT)
+    def rows_serial(indices, offsets, table, mean, tile, out):
+        return _rows_bags(indices, offsets, table, mean, 0, out.shape[0], out, dim, ahead)
+
+    @numba.njit(parallel=True, **JIT)
+    def rows_parallel(indices, offsets, table, mean, tile, out):
+        nb = out.shape[0]
+        worst = _OK
+        for t in prange((nb + tile - 1) // tile):
+            b0 = t * tile
+            b1 = min(nb, b0 + tile)
+            worst = max(worst, _rows_bags(indices, offsets, table, mean, b0, b1, out, dim, ahead))
+        return worst
+
+    return rows_serial, rows_parallel
 
 
-@numba.njit(parallel=True, **JIT)
-def _rows_parallel(indices, offsets, table, mean, tile, out):
-    nb = out.shape[0]
-    for t in prange((nb + tile - 1) // tile):
-        b0 = t * tile
-        _rows_bags(indices, offsets, table, mean, b0, min(nb, b0 + tile), out)
+_KERNELS: dict[int, tuple] = {}
 
 
-@numba.njit(**JIT)
-def _first_bad(indices, offsets, rows):
-    """-1 if offsets are monotone within ``[0, len(indices)]`` and indices within ``[0, rows)``;
-    else 0 for bad offsets, 1 for a bad index."""
-    n = indices.shape[0]
-    if offsets[0] < 0 or offsets[-1] > n:
-        return 0
-    for b in range(1, offsets.shape[0]):
-        if offsets[b] < offsets[b - 1]:
-            return 0
-    for p in range(offsets[0], offsets[-1]):
-        if indices[p] < 0 or indices[p] >= rows:
-            return 1
-    return -1
+def _rows_kernels(dim: int) -> tuple:
+    if dim not in _KERNELS:
+        lines = -(-dim // LINE)
+        _KERNELS[dim] = _make_rows_kernels(dim, max(4, _AHEAD_LINES // lines))
+    return _KERNELS[dim]
 
 
 def full_bag_rows(
@@ -121,22 +157,26 @@ def full_bag_rows(
                 f"got shape {out.shape} (writeable={out.flags.writeable}); pass out=None "
                 "to allocate one"
             )
-    bad = _first_bad(indices, offsets, table.shape[0])
-    if bad == 0:
+    if nb == 0 and not 0 <= offsets[0] <= indices.shape[0]:
+        status = _BAD_OFFSETS
+    else:
+        if parallel is None:
+            parallel = nb > _SERIAL_MAX_BAGS
+        serial_kernel, parallel_kernel = _rows_kernels(int(table.shape[1]))
+        if parallel:
+            # At least 16 tiles (numba.get_num_threads() would cost ~1 us per call here).
+            tile = max(16, min(_TILE, nb // 16))
+            status = parallel_kernel(indices, offsets, table, bool(mean), tile, out)
+        else:
+            status = serial_kernel(indices, offsets, table, bool(mean), 0, out)
+    if status == _BAD_OFFSETS:
         raise ValueError(
             f"offsets must be non-decreasing within [0, {indices.shape[0]}] (len(indices)); "
             "check that they are cumulative lengths starting at 0"
         )
-    if bad == 1:
+    if status == _BAD_INDEX:
         raise ValueError(
             f"indices must lie in [0, {table.shape[0]}) (rows of table); found "
             f"min {int(indices.min())}, max {int(indices.max())}"
         )
-    if parallel is None:
-        parallel = nb > _SERIAL_MAX_BAGS
-    if parallel:
-        tile = max(16, min(_TILE, -(-nb // (2 * numba.get_num_threads()))))
-        _rows_parallel(indices, offsets, table, bool(mean), tile, out)
-    else:
-        _rows_serial(indices, offsets, table, bool(mean), out)
     return out

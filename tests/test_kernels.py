@@ -300,6 +300,29 @@ def test_full_bag_rows_rejects_bad_input():
         full_bag_rows(np.array([0, 1], np.int32), np.array([0, 2], np.int64), table)
 
 
+@pytest.mark.parametrize("parallel", PARALLEL)
+@pytest.mark.parametrize("dim", [16, 128])
+def test_full_bag_rows_finds_bad_input_in_any_tile(parallel, dim):
+    # Validation runs inside the kernels (offsets per tile, each index before it is used):
+    # a bad entry far from the start, or a negative index, must still be found.
+    table = np.ones((100, dim), np.float32)
+    offsets = np.arange(2001, dtype=np.int64)
+    for bad in (1999, 700, 0):
+        for value in (100, -1, 2**62):
+            indices = np.zeros(2000, np.int64)
+            indices[bad] = value
+            with pytest.raises(ValueError, match=r"indices must lie in \[0, 100\)"):
+                full_bag_rows(indices, offsets, table, parallel=parallel)
+    bad_offsets = offsets.copy()
+    bad_offsets[1500] = 1400
+    with pytest.raises(ValueError, match="non-decreasing"):
+        full_bag_rows(np.zeros(2000, np.int64), bad_offsets, table, parallel=parallel)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        full_bag_rows(np.zeros(2000, np.int64), offsets + 1, table, parallel=parallel)
+    empty = full_bag_rows(np.zeros(0, np.int64), np.zeros(1, np.int64), table, parallel=parallel)
+    assert empty.shape == (0, dim)
+
+
 # ---------------------------------------------------------------- validation
 
 
