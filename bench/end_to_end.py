@@ -118,17 +118,23 @@ def build_models(tmp: Path, seed: int, budget: int) -> tuple[Path, TorchModel, T
     return tmp / "memrec", TorchModel(mem, mem_cfg), TorchModel(full, full_cfg)
 
 
-def raw_batch(rows: int, seed: int, dist: str) -> pa.Table:
-    """13 dense columns (log-normal, 2% nulls) and 26 id columns drawn from the cardinalities."""
+def raw_batch(rows: int, seed: int, dist: str, fmt: str) -> pa.Table | dict[str, np.ndarray]:
+    """13 dense columns (log-normal, 2% nulls) and 26 id columns drawn from the cardinalities.
+
+    ``fmt="numpy"``: a dict of NumPy arrays (NaN = null), what an online request hands over;
+    ``fmt="arrow"``: the same as a pyarrow Table, what Parquet scoring hands over.
+    """
     rng = np.random.default_rng(seed)
-    cols = {}
+    cols: dict[str, np.ndarray] = {}
     for i in range(1, 14):
         x = rng.lognormal(2.0, 1.5, rows)
         x[rng.random(rows) < 0.02] = np.nan
-        cols[f"I{i}"] = pa.array(x, from_pandas=True)
+        cols[f"I{i}"] = x
     for i, card in enumerate(KAGGLE_CARDINALITIES):
-        cols[f"C{i + 1}"] = pa.array(draw_rows(rng, card, rows, dist))
-    return pa.table(cols)
+        cols[f"C{i + 1}"] = draw_rows(rng, card, rows, dist)
+    if fmt == "arrow":
+        return pa.table({k: pa.array(v, from_pandas=True) for k, v in cols.items()})
+    return cols
 
 
 def time_end_to_end(args, model_dir: Path, torch_mem: TorchModel, torch_full: TorchModel):
@@ -138,7 +144,7 @@ def time_end_to_end(args, model_dir: Path, torch_mem: TorchModel, torch_full: To
         engine = load(model_dir, threads=threads)
         torch.set_num_threads(threads)
         for b in args.batches:
-            batch = raw_batch(b, args.seed + b, args.dist)
+            batch = raw_batch(b, args.seed + b, args.dist, args.input_format)
             pb = engine.prepare(batch)
             emb = engine.embed(pb).copy()
             want = torch_mem.predict(batch)
@@ -200,7 +206,8 @@ def report(info: dict, args, rows: list[dict], start: dict, png: str) -> str:
         "MEM-REC tables (token budget "
         f"{args.budget_mib} MiB, k=2, k_w=2), converted, `Model.predict`. PyTorch eager: "
         "`memrec_infer.models` with full tables (33.8M rows, 2.2 GB) and THP; the same feature "
-        f"prep. Ids `{args.dist}`; {args.seconds} s per contender per configuration, interleaved.",
+        f"prep. Ids `{args.dist}`, batches handed over as `{args.input_format}` columns; "
+        f"{args.seconds} s per contender per configuration, interleaved.",
         "",
         "## Goals",
         "",
@@ -306,6 +313,7 @@ def main() -> None:
     p.add_argument("--batches", default="1,16,256,1024,4096,16384")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--dist", default="zipf", choices=["zipf", "uniform"])
+    p.add_argument("--input-format", default="numpy", choices=["numpy", "arrow"])
     p.add_argument("--seconds", type=float, default=0.5)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--budget-mib", type=float, default=8.0)
