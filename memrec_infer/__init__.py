@@ -13,6 +13,7 @@ from .errors import (
     InputDataError,
     InvalidModelError,
     MemrecError,
+    OutputPathError,
     SchemaMismatchError,
 )
 
@@ -26,6 +27,7 @@ __all__ = [
     "InputDataError",
     "InvalidModelError",
     "MemrecError",
+    "OutputPathError",
     "SchemaMismatchError",
     "__version__",
     "load",

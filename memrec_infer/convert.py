@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .checkpoint_reader import read_checkpoint
-from .errors import CheckpointError, InvalidModelError
+from .errors import CheckpointError, InvalidModelError, OutputPathError
 from .families import get_family
 from .model_dir import read_model_dir, write_model_dir, writer_versions
 from .onnx_graph import OPSET, build_dense_graph
@@ -47,9 +47,9 @@ def default_output_dir(checkpoint: str | Path) -> Path:
 
 def _check_output(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
-        raise InvalidModelError(f"output {out} exists and is not a directory; choose another -o")
+        raise OutputPathError(f"output {out} exists and is not a directory; choose another -o")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise InvalidModelError(
+        raise OutputPathError(
             f"output directory {out} exists and is not empty; pass --force to replace it"
         )
 
@@ -115,8 +115,10 @@ def convert(
     CheckpointError
         The checkpoint is unreadable, unsafe, of an unknown family, or fails validation
         (every problem listed).
+    OutputPathError
+        The output path is taken (and ``force`` is False) or is not a directory.
     InvalidModelError
-        The output path is taken, or the written directory failed its re-check.
+        The written directory failed its re-check.
     """
     say = log or (lambda _msg: None)
     checkpoint = Path(checkpoint)

@@ -21,3 +21,7 @@ class SchemaMismatchError(MemrecError):
 
 class InputDataError(MemrecError):
     """Input data cannot be read or holds values the model cannot take."""
+
+
+class OutputPathError(MemrecError):
+    """An output path cannot be used: it exists (without ``--force``) or its directory does not."""

@@ -16,7 +16,7 @@ from types import TracebackType
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import MemrecError
+from .errors import OutputPathError
 
 _PART = "part-{:05d}.parquet"
 _PART_RE = re.compile(r"part-\d{5,}\.parquet")
@@ -33,27 +33,27 @@ def check_output(output: str, *, partitioned: bool, force: bool) -> str:
 
     Raises
     ------
-    MemrecError
+    OutputPathError
         The output's directory does not exist, or the output exists and ``force`` is False, or
         it exists as something ``force`` must not destroy.
     """
     path = os.path.abspath(output)
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
-        raise MemrecError(
+        raise OutputPathError(
             f"{output}: the output directory {parent} does not exist; create it first"
         )
     if not os.path.lexists(path):
         return path
     if not force:
-        raise MemrecError(f"{output}: already exists; pass --force to overwrite it")
+        raise OutputPathError(f"{output}: already exists; pass --force to overwrite it")
     if os.path.isdir(path) and not os.path.islink(path):
         if not partitioned:
-            raise MemrecError(
+            raise OutputPathError(
                 f"{output}: is a directory; expected a file path (or use --partitioned)"
             )
         if not _is_our_partitioned_output(path):
-            raise MemrecError(
+            raise OutputPathError(
                 f"{output}: is a directory with files other than part-NNNNN.parquet; "
                 "--force only replaces a directory of scores written by --partitioned"
             )

@@ -218,7 +218,7 @@ def score_parquet(
     InputDataError
         An input cannot be read; before scoring where the footer shows it, else during the run
         with the file and row range.
-    MemrecError
+    OutputPathError
         The output exists (without ``force``) or its directory does not.
     """
     started = time.perf_counter()

@@ -13,7 +13,7 @@ from test_onnx_graph import D, make_checkpoint, numpy_forward
 
 from memrec_infer.cli import main
 from memrec_infer.convert import convert, default_output_dir
-from memrec_infer.errors import CheckpointError, InvalidModelError
+from memrec_infer.errors import CheckpointError, OutputPathError
 from memrec_infer.model_dir import read_model_dir
 
 
@@ -57,7 +57,7 @@ def test_existing_output_needs_force(checkpoint, tmp_path):
     out = tmp_path / "model"  # the default output
     out.mkdir()
     (out / "keep.txt").write_text("old")
-    with pytest.raises(InvalidModelError, match="not empty; pass --force"):
+    with pytest.raises(OutputPathError, match="not empty; pass --force"):
         convert(checkpoint)
     assert (out / "keep.txt").exists()
     convert(checkpoint, force=True)
