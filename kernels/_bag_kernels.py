@@ -61,6 +61,8 @@ def vocab_row(vocab, lo, n, x):
 # Ids whose rows are prefetched ahead of the one being pooled: enough to cover an L3 (token
 # rows) or DRAM (full rows) latency with a few bags' worth of work, few enough to stay in L1.
 PREFETCH_AHEAD = 8
+# Tiles of at most this many samples skip the two phases (see ``_direct_k2``).
+DIRECT_MAX = 8
 
 
 @numba.njit(inline="always", **JIT)
@@ -260,9 +262,54 @@ def _divide(out, o, n, dim):
 
 
 @numba.njit(inline="always", **JIT)
+def _direct_k2(values, offsets, tokens, weights, keys, meta, f, b0, b1, out, dim):
+    # A few bags of a k = k_w = 2 feature (small batches): hash and pool id by id. The two
+    # phases' loop set-up and alias checks cost more than they save on so few ids.
+    nf = meta.shape[0]
+    toff = meta[f, TOKEN_OFFSET]
+    m = np.uint64(meta[f, ROWS]) & np.uint64(0xFFFFFFFF)
+    ts = meta[f, TOKEN_SEED]
+    woff = meta[f, WEIGHT_OFFSET]
+    mw = np.uint64(meta[f, WEIGHT_ROWS]) & np.uint64(0xFFFFFFFF)
+    cols = meta[f, WEIGHT_COLS]
+    ws = meta[f, WEIGHT_SEED]
+    second = 1 if cols == 2 else 0
+    mean = meta[f, MEAN] != 0
+    for b in range(b0, b1):
+        p0 = offsets[f, b]
+        p1 = offsets[f, b + 1]
+        o = b * nf + f
+        if p1 <= p0:
+            for d in range(dim):
+                out[o, d] = 0.0
+            continue
+        for p in range(p0, p1):
+            x = values[p]
+            g0 = woff + bucket_keyed(x, keys[ws, 0], keys[ws, 1], keys[ws, 2], mw) * cols
+            g1 = (
+                woff + bucket_keyed(x, keys[ws + 1, 0], keys[ws + 1, 1], keys[ws + 1, 2], mw) * cols
+            )
+            w0 = weights[g0] + weights[g1]
+            w1 = weights[g0 + second] + weights[g1 + second]
+            h0 = toff + bucket_keyed(x, keys[ts, 0], keys[ts, 1], keys[ts, 2], m)
+            h1 = toff + bucket_keyed(x, keys[ts + 1, 0], keys[ts + 1, 1], keys[ts + 1, 2], m)
+            if p == p0:
+                rows2_set(dim, out, o, tokens, h0, w0, h1, w1)
+            else:
+                rows1_add(dim, out, o, tokens, h0, w0)
+                rows1_add(dim, out, o, tokens, h1, w1)
+        if mean and p1 - p0 > 1:
+            _divide(out, o, np.float32(p1 - p0), dim)
+
+
+@numba.njit(inline="always", **JIT)
 def _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim):
     # Feature-major inside a tile: hash all of a feature's ids, then pool its bags.
     for f in range(meta.shape[0]):
+        if b1 - b0 <= DIRECT_MAX and meta[f, KIND] == KIND_MEMREC and meta[f, K] == 2:
+            if meta[f, KW] == 2:
+                _direct_k2(values, offsets, tokens, weights, keys, meta, f, b0, b1, out, dim)
+                continue
         p0 = offsets[f, b0]
         n = offsets[f, b1] - p0
         _hash_ids(values, weights, vocab, keys, meta, f, p0, n, hb, ab)
@@ -285,15 +332,30 @@ def _tile_ids(offsets, b0, b1):
     return cap
 
 
+@numba.njit(inline="always", **JIT)
+def _offsets_ok(offsets, b0, b1, n):
+    # Every feature's offsets[f, b0..b1] non-decreasing within [0, n]; branch-free, vectorises.
+    bad = False
+    for f in range(offsets.shape[0]):
+        bad |= (offsets[f, b0] < 0) | (offsets[f, b1] > n)
+        for b in range(b0, b1):
+            bad |= offsets[f, b + 1] < offsets[f, b]
+    return not bad
+
+
 def _make_lookup_kernels(dim: int):
     # Closures over a constant ``dim``: Numba folds it, so LLVM sees fixed-length row loops.
     # ``cache=True`` keys the on-disk cache on the closure's contents, one entry per D.
+    # Both return True, or False (having written nothing) if the offsets are invalid: checking
+    # them here, where they are read anyway, saves a second kernel call per batch.
 
     @numba.njit(**JIT)
     def lookup_serial(values, offsets, tokens, weights, vocab, keys, meta, tile, max_k, out):
         nb = out.shape[0]
+        if not _offsets_ok(offsets, 0, nb, values.shape[0]):
+            return False
         if nb == 0:
-            return
+            return True
         out = out.reshape(nb * meta.shape[0], dim)
         cap = 1
         for b0 in range(0, nb, tile):
@@ -303,10 +365,13 @@ def _make_lookup_kernels(dim: int):
         for b0 in range(0, nb, tile):
             b1 = min(nb, b0 + tile)
             _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim)
+        return True
 
     @numba.njit(parallel=True, **JIT)
     def lookup_parallel(values, offsets, tokens, weights, vocab, keys, meta, tile, max_k, out):
         nb = out.shape[0]
+        if not _offsets_ok(offsets, 0, nb, values.shape[0]):
+            return False
         out = out.reshape(nb * meta.shape[0], dim)
         for t in prange((nb + tile - 1) // tile):
             b0 = t * tile
@@ -315,6 +380,7 @@ def _make_lookup_kernels(dim: int):
             hb = np.empty((max(max_k, 4), cap + PREFETCH_AHEAD), np.int64)
             ab = np.empty((max_k, cap), np.float32)
             _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim)
+        return True
 
     return lookup_serial, lookup_parallel
 
@@ -337,6 +403,9 @@ def lookup_kernels(dim: int) -> tuple:
     tile : samples per tile, >= 1 (the parallel kernel spreads tiles over threads)
     max_k : largest k of the plan, >= 1 (rows of the per-tile scratch)
     out : float32 [B, F, dim], overwritten
+
+    They return False, touching nothing, if some ``offsets[f]`` is not non-decreasing within
+    ``[0, N]`` (see :func:`check_offsets` for which), else True.
     """
     if dim not in _KERNELS:
         _KERNELS[dim] = _make_lookup_kernels(dim)

@@ -146,13 +146,14 @@ def every_k_features(rng):
 @pytest.mark.parametrize("parallel", PARALLEL)
 @pytest.mark.parametrize("dim", [3, 16, 20, 128])
 @pytest.mark.parametrize("one_hot", [True, False])
-def test_every_k_and_width(parallel, dim, one_hot):
-    # Kernels are specialised per D (16-wide vector chunks, then a scalar tail) and take a
-    # faster path for tiles whose bags all hold one id; both must match the reference.
+@pytest.mark.parametrize("nb", [5, 300])
+def test_every_k_and_width(parallel, dim, one_hot, nb):
+    # Kernels are specialised per D (16-wide vector chunks, then a scalar tail), take a faster
+    # path for tiles whose bags all hold one id, and a direct one for tiny tiles (k = k_w = 2);
+    # all must match the reference.
     rng = np.random.default_rng(20 + dim)
     tokens, weights, vocab = tables(rng, dim=dim)
     features = every_k_features(rng)
-    nb = 300
     if one_hot:
         values = rng.choice(np.asarray(EDGE_IDS, dtype=np.int64), size=len(features) * nb)
         offsets = np.arange(len(features) * nb + 1, dtype=np.int64)[:-1].reshape(-1, nb)
