@@ -258,6 +258,38 @@ def test_readonly_memmapped_tables_and_preallocated_out(tmp_path, parallel):
     np.testing.assert_array_equal(plan.lookup(values, offsets, parallel=parallel), out)
 
 
+@pytest.mark.parametrize("parallel", PARALLEL)
+@pytest.mark.parametrize("nb", [1, 2, 8, 9])
+def test_small_batches_of_k2_features_only(parallel, nb):
+    # Every feature k = k_w = 2: batches of up to 8 samples skip tiles and scratch entirely.
+    rng = np.random.default_rng(20 + nb)
+    tokens, weights, vocab = tables(rng)
+    features = [
+        memrec(rng, 0, 20, 0, slot=0),
+        memrec(rng, 0, 20, 14, slot=1, pooling="mean"),
+        memrec(rng, 31, 9, 40, per_hash=False, pooling="mean"),
+    ]
+    values, offsets = jagged(rng, len(features), nb, 3, EDGE_IDS)
+    check(features, tokens, weights, vocab, values, offsets, parallel)
+
+
+@pytest.mark.parametrize("parallel", PARALLEL)
+def test_unaligned_ids_take_the_dispatcher_and_agree(parallel):
+    # Ids that are not aligned (e.g. sliced out of a byte buffer) miss the direct call of the
+    # compiled kernel; the dispatcher path must give the same result.
+    rng = np.random.default_rng(21)
+    tokens, weights, vocab = tables(rng)
+    features = mixed_features(rng)
+    values, offsets = jagged(rng, len(features), 70, 3, EDGE_IDS)
+    raw = np.zeros(values.nbytes + 1, np.uint8)
+    unaligned = raw[1:].view(np.int64)
+    unaligned[:] = values
+    assert not unaligned.flags.aligned
+    got = check(features, tokens, weights, vocab, unaligned, offsets, parallel)
+    plan = make_plan(features, tokens, weights, vocab)
+    np.testing.assert_array_equal(got, plan.lookup(values, offsets, parallel=parallel))
+
+
 def test_dispatcher_picks_serial_for_small_and_parallel_for_large_batches():
     rng = np.random.default_rng(9)
     tokens, weights, vocab = tables(rng)
@@ -387,3 +419,11 @@ def test_lookup_rejects_bad_values_offsets_and_out():
         plan.lookup(values, offsets, out=np.empty((3, 7, 7), np.float32))
     with pytest.raises(ValueError, match="out must be a float32"):
         plan.lookup(values, offsets, out=np.empty((3, 7, 8), np.float64))
+    frozen = np.empty((3, 7, 8), np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be a writable float32"):
+        plan.lookup(values, offsets, out=frozen)
+    with pytest.raises(ValueError, match="values must be C-contiguous"):
+        plan.lookup(np.repeat(values, 2)[::2], offsets)
+    with pytest.raises(ValueError, match="offsets must be a int64"):
+        plan.lookup(values, offsets.tolist())
