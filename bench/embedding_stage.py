@@ -56,6 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-default-torch", action="store_true", help="skip the no-THP worker")
     p.add_argument("--quick", action="store_true", help="D=16, B in {1, 1024}, short timings")
     p.add_argument("--out", type=Path, default=None, help="report path without suffix")
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="re-render the markdown and PNG from a run's raw JSON instead of measuring",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.dims, args.batches, args.dists = [16], [1, 1024], ["zipf"]
@@ -90,6 +96,16 @@ def run_worker(settings: dict, thp: bool) -> dict:
 def main(argv: list[str] | None = None) -> None:
     """Run the workers, write the report (markdown, PNG and the raw JSON)."""
     args = parse_args(argv)
+    if args.from_json is not None:
+        raw = json.loads(args.from_json.read_text())
+        out = args.from_json.with_suffix("")
+        settings = {**raw["settings"], "png": out.with_suffix(".png").name}
+        out.with_suffix(".md").write_text(
+            embedding_report.markdown(raw["machine"], settings, raw["workers"])
+        )
+        embedding_report.plot(raw["workers"], str(out.with_suffix(".png")))
+        print(f"wrote {out.with_suffix('.md')} and .png")
+        return
     info = describe(PACKAGES)
     base = {
         "cards": list(KAGGLE_CARDINALITIES),
