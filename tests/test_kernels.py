@@ -164,6 +164,25 @@ def test_every_k_and_width(parallel, dim, one_hot, nb):
 
 
 @pytest.mark.parametrize("parallel", PARALLEL)
+def test_one_hot_tiles_next_to_a_multi_hot_tile(parallel):
+    # Whole tiles of one-id bags take their own loop; a tile with one longer or empty bag must
+    # fall back to the general one, in the same batch.
+    rng = np.random.default_rng(22)
+    tokens, weights, vocab = tables(rng, dim=16)
+    features = mixed_features(rng)
+    nf, nb = len(features), 600
+    lengths = np.ones((nf, nb), dtype=np.int64)
+    lengths[3, -2] = 3
+    lengths[5, -1] = 0
+    starts = np.concatenate([[0], np.cumsum(lengths.sum(axis=1))])
+    offsets = np.stack(
+        [starts[f] + np.concatenate([[0], np.cumsum(lengths[f])]) for f in range(nf)]
+    ).astype(np.int64)
+    values = rng.choice(np.asarray(EDGE_IDS, dtype=np.int64), size=int(starts[-1]))
+    check(features, tokens, weights, vocab, values, offsets, parallel)
+
+
+@pytest.mark.parametrize("parallel", PARALLEL)
 def test_many_samples_cross_tiles(parallel):
     # More samples than one tile, so the parallel kernel splits work over several tiles.
     rng = np.random.default_rng(3)
