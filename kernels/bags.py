@@ -109,6 +109,7 @@ class BagPlan:
         self._serial_tile = self.tile(1, False)  # independent of the batch; ~1 us saved per call
         self._entries: list = [None, None]  # compiled kernels, by ``parallel``
         self._nf = len(features)
+        self._dim = int(tokens.shape[1])
         self._tables = (tokens, weights, vocab, keys, meta)
 
     @property
@@ -164,29 +165,29 @@ class BagPlan:
         nf = self._nf
         try:
             vflags, oflags = values.flags, offsets.flags
+            # ``carray`` (C-contiguous, aligned, writable) first: one flag for the usual case.
             fast = (
                 values.dtype is _I64
                 and offsets.dtype is _I64
                 and values.ndim == 1
                 and offsets.ndim == 2
-                and vflags.c_contiguous
-                and oflags.c_contiguous
-                and vflags.aligned
-                and oflags.aligned
+                and (vflags.carray or vflags.c_contiguous and vflags.aligned)
+                and (oflags.carray or oflags.c_contiguous and oflags.aligned)
             )
         except AttributeError:  # not an array: the full check below says what was expected
             fast = False
         if not fast:
             require_array(values, np.int64, 1, "values")
             require_array(offsets, np.int64, 2, "offsets")
-        nb = offsets.shape[1] - 1
-        if nb < 0 or offsets.shape[0] != nf:
+        rows, cols = offsets.shape
+        nb = cols - 1
+        if nb < 0 or rows != nf:
             raise ValueError(
                 f"offsets must have shape [F, B + 1] = [{nf}, B + 1] (one row per feature of "
                 f"the plan), got {offsets.shape}"
             )
         if out is None:
-            out = np.empty((nb, nf, self.dim), dtype=np.float32)
+            out = np.empty((nb, nf, self._dim), dtype=np.float32)
         else:
             try:
                 # carray: C-contiguous, aligned and writable.
