@@ -400,17 +400,22 @@ def _status(values, offsets, meta, out, dim):
     return OK
 
 
+# Its own function, not inlined: inside the large kernel body LLVM schedules this hot loop worse
+# (~20% at D = 16, measured). ``literally`` compiles it per D with ``dim`` a constant; it is a
+# module-level function, not a closure, because a closure that captured it would capture a
+# dispatcher, whose on-disk cache key changes in every process (a recompile per process).
+@numba.njit(**JIT)
+def tile_one_hot(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim):
+    numba.literally(dim)
+    _tile_one_hot(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim)
+
+
 def _make_lookup_kernels(dim: int):
     # Closures over a constant ``dim``: Numba folds it, so LLVM sees fixed-length row loops.
-    # ``cache=True`` keys the on-disk cache on the closure's contents, one entry per D.
+    # ``cache=True`` keys the on-disk cache on the closure's contents, one entry per D; they
+    # capture only the int ``dim`` (a captured dispatcher would defeat the cache, see above).
     # Both return a status (OK, BAD_SHAPE, BAD_OFFSETS), writing nothing unless OK: checking
     # shapes and offsets here, where they are read anyway, saves Python work on every batch.
-
-    # Its own function, not inlined: inside the large kernel body LLVM schedules this hot loop
-    # worse (~20% at D = 16, measured).
-    @numba.njit(**JIT)
-    def tile_one_hot(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab):
-        _tile_one_hot(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim)
 
     @numba.njit(**JIT)
     def lookup_serial(values, offsets, tokens, weights, vocab, keys, meta, tile, max_k, out):
@@ -434,7 +439,7 @@ def _make_lookup_kernels(dim: int):
             b1 = min(nb, b0 + tile)
             if b1 - b0 > DIRECT_MAX and _tile_all_one_hot(offsets, b0, b1):
                 tile_one_hot(
-                    values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab
+                    values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim
                 )
             else:
                 _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim)
@@ -455,7 +460,7 @@ def _make_lookup_kernels(dim: int):
             ab = np.empty((max_k, cap), np.float32)
             if b1 - b0 > DIRECT_MAX and _tile_all_one_hot(offsets, b0, b1):
                 tile_one_hot(
-                    values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab
+                    values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim
                 )
             else:
                 _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim)
