@@ -223,6 +223,7 @@ def main() -> None:
 
     info = machine.describe(("memrec-infer", "numpy", "numba", "onnxruntime", "pyarrow", "torch"))
     work = Path(args.workdir or tempfile.mkdtemp(prefix="score_bench_"))
+    work.mkdir(parents=True, exist_ok=True)
     try:
         data = work / "criteo.parquet"
         if not data.exists():
