@@ -410,6 +410,15 @@ def tile_one_hot(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, ou
     _tile_one_hot(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim)
 
 
+@numba.njit(inline="always", **JIT)
+def _pool_tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim):
+    # One tile of either lookup kernel: the lean loop when every bag holds one id.
+    if b1 - b0 > DIRECT_MAX and _tile_all_one_hot(offsets, b0, b1):
+        tile_one_hot(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim)
+    else:
+        _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim)
+
+
 def _make_lookup_kernels(dim: int):
     # Closures over a constant ``dim``: Numba folds it, so LLVM sees fixed-length row loops.
     # ``cache=True`` keys the on-disk cache on the closure's contents, one entry per D; they
@@ -437,12 +446,9 @@ def _make_lookup_kernels(dim: int):
         ab = np.empty((max_k, cap), np.float32)
         for b0 in range(0, nb, tile):
             b1 = min(nb, b0 + tile)
-            if b1 - b0 > DIRECT_MAX and _tile_all_one_hot(offsets, b0, b1):
-                tile_one_hot(
-                    values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim
-                )
-            else:
-                _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim)
+            _pool_tile(
+                values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim
+            )
         return OK
 
     @numba.njit(parallel=True, **JIT)
@@ -458,12 +464,9 @@ def _make_lookup_kernels(dim: int):
             cap = _tile_ids(offsets, b0, b1)
             hb = np.empty((max(max_k, 4), cap + PREFETCH_AHEAD), np.int64)
             ab = np.empty((max_k, cap), np.float32)
-            if b1 - b0 > DIRECT_MAX and _tile_all_one_hot(offsets, b0, b1):
-                tile_one_hot(
-                    values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim
-                )
-            else:
-                _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim)
+            _pool_tile(
+                values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim
+            )
         return OK
 
     return lookup_serial, lookup_parallel
