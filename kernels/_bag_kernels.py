@@ -14,7 +14,18 @@ import numpy as np
 from numba import prange
 
 from ._config import JIT
-from ._intrinsics import LINE, prefetch, rows1_add, rows1_set, rows2_set, rows3_set, rows4_set
+from ._intrinsics import (
+    LINE,
+    prefetch,
+    rows1_add,
+    rows1_set,
+    rows1_stream,
+    rows2_set,
+    rows2_stream,
+    rows3_set,
+    rows4_set,
+    store_fence,
+)
 from .hashing import bucket_keyed
 
 # Columns of the ``meta`` array, one row per feature.
@@ -166,9 +177,10 @@ def _one_hot(offsets, f, b0, b1):
 
 
 @numba.njit(inline="always", **JIT)
-def _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim):
+def _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim, stream):
     # Bags of one id each: z(x) straight into its output row, rows of the id PREFETCH_AHEAD
     # positions on requested now (the scratch is padded with valid rows past ``n``).
+    # ``stream``: write the rows with streaming stores (k <= 2; see ``lookup_kernels``).
     nf = meta.shape[0]
     if meta[f, KIND] == KIND_FULL:
         k = 1
@@ -176,12 +188,24 @@ def _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim):
     else:
         k = meta[f, K]
         sel = 1 if meta[f, WEIGHT_COLS] != 1 else 0
-    if k == 2:
+    if k == 2 and stream:
+        for i in range(n):
+            for d in range(0, dim, LINE):
+                prefetch(tokens, hb[0, i + PREFETCH_AHEAD], d)
+                prefetch(tokens, hb[1, i + PREFETCH_AHEAD], d)
+            o = (b0 + i) * nf + f
+            rows2_stream(dim, out, o, tokens, hb[0, i], ab[0, i], hb[1, i], ab[sel, i])
+    elif k == 2:
         for i in range(n):
             for d in range(0, dim, LINE):
                 prefetch(tokens, hb[0, i + PREFETCH_AHEAD], d)
                 prefetch(tokens, hb[1, i + PREFETCH_AHEAD], d)
             rows2_set(dim, out, (b0 + i) * nf + f, tokens, hb[0, i], ab[0, i], hb[1, i], ab[sel, i])
+    elif k == 1 and stream:
+        for i in range(n):
+            for d in range(0, dim, LINE):
+                prefetch(tokens, hb[0, i + PREFETCH_AHEAD], d)
+            rows1_stream(dim, out, (b0 + i) * nf + f, tokens, hb[0, i], ab[0, i])
     elif k == 1:
         for i in range(n):
             for d in range(0, dim, LINE):
@@ -196,11 +220,13 @@ def _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim):
 
 
 @numba.njit(inline="always", **JIT)
-def _pool_bags(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim):
+def _pool_bags(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim, stream):
     """Phase 2 of a tile: pool bags ``(f, b0..b1)`` from the rows and weights of phase 1.
 
     ``out`` is the ``[B * F, D]`` view of the output; bag ``(f, b)`` is its row ``b * F + f``.
-    ``dim`` is a compile-time constant in every caller (see :func:`lookup_kernels`).
+    ``dim`` is a compile-time constant in every caller (see :func:`lookup_kernels`). With
+    ``stream``, bags of one id and k <= 2 are written with streaming stores; the others are
+    summed in place through the cache.
     """
     if meta[f, KIND] == KIND_FULL:
         k = 1
@@ -224,8 +250,12 @@ def _pool_bags(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim):
         o = b * nf + f
         if q1 - q0 == 1:
             # One-hot bag: z(x) in one pass, each row read once and the output written once.
-            if k == 2:
+            if k == 2 and stream:
+                rows2_stream(dim, out, o, tokens, hb[0, q0], ab[0, q0], hb[1, q0], ab[sel, q0])
+            elif k == 2:
                 rows2_set(dim, out, o, tokens, hb[0, q0], ab[0, q0], hb[1, q0], ab[sel, q0])
+            elif k == 1 and stream:
+                rows1_stream(dim, out, o, tokens, hb[0, q0], ab[0, q0])
             elif k == 1:
                 rows1_set(dim, out, o, tokens, hb[0, q0], ab[0, q0])
             elif k == 3:
@@ -309,7 +339,7 @@ def _direct_k2(values, offsets, tokens, weights, keys, meta, f, b0, b1, out, dim
 
 
 @numba.njit(inline="always", **JIT)
-def _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim):
+def _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, stream):
     # Feature-major inside a tile: hash all of a feature's ids, then pool its bags.
     for f in range(meta.shape[0]):
         if b1 - b0 <= DIRECT_MAX and meta[f, KIND] == KIND_MEMREC and meta[f, K] == 2:
@@ -324,13 +354,15 @@ def _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, 
             for i in range(n, n + PREFETCH_AHEAD):
                 hb[j, i] = meta[f, TOKEN_OFFSET]
         if _one_hot(offsets, f, b0, b1):
-            _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim)
+            _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim, stream)
         else:
-            _pool_bags(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim)
+            _pool_bags(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim, stream)
 
 
 @numba.njit(inline="always", **JIT)
-def _tile_one_hot(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim):
+def _tile_one_hot(
+    values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, stream
+):
     # A tile whose every bag holds one id (the common case of one-hot models): the lean loop
     # of :func:`_tile` without its per-feature branches, which cost ~15% at D = 16.
     n = b1 - b0
@@ -339,7 +371,7 @@ def _tile_one_hot(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, o
         for j in range(hb.shape[0]):
             for i in range(n, n + PREFETCH_AHEAD):
                 hb[j, i] = meta[f, TOKEN_OFFSET]
-        _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim)
+        _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim, stream)
 
 
 @numba.njit(inline="always", **JIT)
@@ -405,18 +437,28 @@ def _status(values, offsets, meta, out, dim):
 # module-level function, not a closure, because a closure that captured it would capture a
 # dispatcher, whose on-disk cache key changes in every process (a recompile per process).
 @numba.njit(**JIT)
-def tile_one_hot(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim):
+def tile_one_hot(
+    values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, stream
+):
     numba.literally(dim)
-    _tile_one_hot(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim)
+    _tile_one_hot(
+        values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, stream
+    )
 
 
 @numba.njit(inline="always", **JIT)
-def _pool_tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim):
+def _pool_tile(
+    values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, stream
+):
     # One tile of either lookup kernel: the lean loop when every bag holds one id.
     if b1 - b0 > DIRECT_MAX and _tile_all_one_hot(offsets, b0, b1):
-        tile_one_hot(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim)
+        tile_one_hot(
+            values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, stream
+        )
     else:
-        _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim)
+        _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, stream)
+    if stream:
+        store_fence()
 
 
 def _make_lookup_kernels(dim: int):
@@ -427,7 +469,9 @@ def _make_lookup_kernels(dim: int):
     # shapes and offsets here, where they are read anyway, saves Python work on every batch.
 
     @numba.njit(**JIT)
-    def lookup_serial(values, offsets, tokens, weights, vocab, keys, meta, tile, max_k, out):
+    def lookup_serial(
+        values, offsets, tokens, weights, vocab, keys, meta, tile, max_k, stream, out
+    ):
         status = _status(values, offsets, meta, out, dim)
         nb = out.shape[0]
         if status != OK or nb == 0:
@@ -447,12 +491,15 @@ def _make_lookup_kernels(dim: int):
         for b0 in range(0, nb, tile):
             b1 = min(nb, b0 + tile)
             _pool_tile(
-                values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim
-            )
+                values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim,
+                stream,
+            )  # fmt: skip
         return OK
 
     @numba.njit(parallel=True, **JIT)
-    def lookup_parallel(values, offsets, tokens, weights, vocab, keys, meta, tile, max_k, out):
+    def lookup_parallel(
+        values, offsets, tokens, weights, vocab, keys, meta, tile, max_k, stream, out
+    ):
         status = _status(values, offsets, meta, out, dim)
         nb = out.shape[0]
         if status != OK:
@@ -465,8 +512,9 @@ def _make_lookup_kernels(dim: int):
             hb = np.empty((max(max_k, 4), cap + PREFETCH_AHEAD), np.int64)
             ab = np.empty((max_k, cap), np.float32)
             _pool_tile(
-                values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim
-            )
+                values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim,
+                stream,
+            )  # fmt: skip
         return OK
 
     return lookup_serial, lookup_parallel
@@ -478,7 +526,7 @@ _KERNELS: dict[int, tuple] = {}
 def lookup_kernels(dim: int) -> tuple:
     """The ``(serial, parallel)`` lookup kernels specialised for embedding width ``dim``.
 
-    Both take ``(values, offsets, tokens, weights, vocab, keys, meta, tile, max_k, out)``:
+    Both take ``(values, offsets, tokens, weights, vocab, keys, meta, tile, max_k, stream, out)``:
 
     values : int64 [N]
     offsets : int64 [F, B + 1]
@@ -489,6 +537,8 @@ def lookup_kernels(dim: int) -> tuple:
     meta : int64 [F, META_COLS]
     tile : samples per tile, >= 1 (the parallel kernel spreads tiles over threads)
     max_k : largest k of the plan, >= 1 (rows of the per-tile scratch)
+    stream : bool, write one-id bags (k <= 2) with streaming stores; only if ``out`` is
+        64-byte aligned and ``dim`` a multiple of 16 (else the stores fault)
     out : float32 [B, F, dim], overwritten
 
     They return ``OK``; or, touching nothing, ``BAD_SHAPE`` if ``offsets`` is not ``[F, B + 1]``

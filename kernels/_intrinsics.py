@@ -1,4 +1,4 @@
-"""Low-level helpers Numba has no spelling for: a software prefetch of one array element.
+"""Low-level helpers Numba has no spelling for: prefetches, vector row updates, streaming stores.
 
 Random row gathers (token rows in L3, full-table rows in DRAM) are latency bound: a gather loop
 stalls once the out-of-order window is full of outstanding loads. Prefetching the rows a few
@@ -88,9 +88,10 @@ def _splat(builder, value, width):
     return builder.shuffle_vector(vec, _IR.Constant(vecty, None), zeros)
 
 
-def _emit_rows(builder, dst, srcs, weights, start, width, accumulate):
+def _emit_rows(builder, dst, srcs, weights, start, width, accumulate, stream=False):
     # dst[start:start+width] (+)= sum_j weights[j] * srcs[j][start:start+width], every load
-    # issued before the store, so no aliasing question arises.
+    # issued before the store, so no aliasing question arises. ``stream``: a non-temporal
+    # store, which must be 64-byte aligned (the caller guarantees it).
     f32 = _IR.FloatType()
     if width == 1:
         ety, cast = f32, lambda p: p
@@ -113,10 +114,14 @@ def _emit_rows(builder, dst, srcs, weights, start, width, accumulate):
         acc = term if acc is None else builder.fadd(acc, term, flags=_FP_FLAGS)
     if accumulate:
         acc = builder.fadd(builder.load(at(dst), align=4, typ=ety), acc, flags=_FP_FLAGS)
-    builder.store(acc, at(dst), align=4)
+    if stream:
+        store = builder.store(acc, at(dst), align=4 * width)
+        store.set_metadata("nontemporal", builder.module.add_metadata([_IR.IntType(32)(1)]))
+    else:
+        builder.store(acc, at(dst), align=4)
 
 
-def _row_op(nrows: int, accumulate: bool, dim, dst, i, src, pairs):
+def _row_op(nrows: int, accumulate: bool, dim, dst, i, src, pairs, stream: bool = False):
     """Signature and code of ``op(dim, dst, i, src, r_0, w_0, ..., r_{n-1}, w_{n-1})``.
 
     It computes ``dst[i, :] = w_0 * src[r_0, :] + ... + w_{n-1} * src[r_{n-1}, :]`` (or adds
@@ -126,6 +131,12 @@ def _row_op(nrows: int, accumulate: bool, dim, dst, i, src, pairs):
     Numba cannot tell that ``dst`` and ``src`` never overlap, so its own loops either fall back
     to scalar code (constant D, fully unrolled) or test for overlap on every row; issuing all
     loads of a chunk before its store needs no such test.
+
+    ``stream`` writes ``dst[i, :]`` with non-temporal stores, straight to memory without
+    first reading the line or keeping it in cache: for outputs too large to stay in cache,
+    whose stores would otherwise evict the token tables. Each row must start 64-byte aligned
+    and ``dim`` must be a multiple of 16 (the caller checks both; a misaligned streaming store
+    faults).
     """
     arrays = (dst, src)
     if any(not isinstance(a, types.Array) or a.ndim != 2 for a in arrays):
@@ -154,7 +165,8 @@ def _row_op(nrows: int, accumulate: bool, dim, dst, i, src, pairs):
         vec = context.get_value_type(intp)(_VEC)
         nvec = builder.udiv(dim, vec)
         with cgutils.for_range(builder, nvec) as loop:
-            _emit_rows(builder, dptr, srcs, ws, builder.mul(loop.index, vec), _VEC, accumulate)
+            start = builder.mul(loop.index, vec)
+            _emit_rows(builder, dptr, srcs, ws, start, _VEC, accumulate, stream)
         # The tail (D not a multiple of 16) element by element.
         done = builder.mul(nvec, vec)
         with cgutils.for_range(builder, builder.sub(dim, done)) as loop:
@@ -195,3 +207,34 @@ def rows3_set(typingctx, dim, dst, i, src, r0, w0, r1, w1, r2, w2):  # noqa: ARG
 def rows4_set(typingctx, dim, dst, i, src, r0, w0, r1, w1, r2, w2, r3, w3):  # noqa: ARG001
     """``dst[i] = w0 * src[r0] + w1 * src[r1] + w2 * src[r2] + w3 * src[r3]``."""
     return _row_op(4, False, dim, dst, i, src, (r0, w0, r1, w1, r2, w2, r3, w3))
+
+
+@intrinsic
+def rows1_stream(typingctx, dim, dst, i, src, r0, w0):  # noqa: ARG001
+    """``dst[i] = w0 * src[r0]``, streamed (see ``_row_op``)."""
+    return _row_op(1, False, dim, dst, i, src, (r0, w0), stream=True)
+
+
+@intrinsic
+def rows2_stream(typingctx, dim, dst, i, src, r0, w0, r1, w1):  # noqa: ARG001
+    """``dst[i] = w0 * src[r0] + w1 * src[r1]``, streamed (see ``_row_op``)."""
+    return _row_op(2, False, dim, dst, i, src, (r0, w0, r1, w1), stream=True)
+
+
+@intrinsic
+def store_fence(typingctx):  # noqa: ARG001
+    """``sfence``: make this thread's streaming stores visible before anything it does next.
+
+    Streaming stores are weakly ordered; a kernel that issued any calls this before it returns
+    (each thread of a parallel kernel, before the thread pool joins).
+    """
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(
+            builder.module, _IR.FunctionType(_IR.VoidType(), []), "llvm.x86.sse.sfence"
+        )
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -31,6 +31,7 @@ import numba
 import numpy as np
 
 from . import _bag_kernels as _k
+from ._alloc import empty_aligned, streams
 from ._checks import require_array
 from .full_bag import full_bag_rows
 
@@ -38,11 +39,10 @@ __all__ = ["BagPlan", "FeatureTable", "full_bag_rows", "make_plan"]
 
 # Up to this many samples the serial kernel wins: a parallel launch costs ~1.5 us.
 SERIAL_MAX_BATCH = 64
-# A tile's output block (tile * F * D float32) is sized to stay in L2 while a tile is filled
-# feature-major; tiles are clamped to this range of samples.
-_TILE_BYTES = 1 << 17
-_TILE_MIN = 16
-_TILE_MAX = 256
+# Samples per tile. A tile is hashed, then pooled, feature by feature; its scratch (ids' rows and
+# weights) stays in L2. Measured on Zen 4, 2 threads, D=16 and 128, B=256..16384: 512 was within
+# 2% of the best of 64..1024 everywhere; 64 (the old cache-sized tiles) was 5-28% slower.
+_TILE = 512
 _I64 = np.dtype(np.int64)
 _F32 = np.dtype(np.float32)
 _OK = _k.OK
@@ -123,14 +123,15 @@ class BagPlan:
         return int(self.tokens.shape[1])
 
     def tile(self, batch: int, parallel: bool) -> int:
-        """Samples per tile for a batch of ``batch`` samples (cache-sized; split over threads)."""
-        per_sample = max(1, self.num_features * self.dim * 4)
-        cached = 1 << max(0, (_TILE_BYTES // per_sample).bit_length() - 1)
-        tile = min(_TILE_MAX, max(_TILE_MIN, cached))
+        """Samples per tile for a batch of ``batch`` samples (split over threads if parallel)."""
         if parallel:
             # Every thread gets work even when the batch is only a few tiles long.
-            tile = min(tile, max(1, -(-batch // numba.get_num_threads())))
-        return tile
+            return min(_TILE, max(1, -(-batch // numba.get_num_threads())))
+        return _TILE
+
+    def empty_output(self, batch: int) -> np.ndarray:
+        """An uninitialised ``[batch, F, D]`` float32 output for :meth:`lookup`, 64-byte aligned."""
+        return empty_aligned((batch, self._nf, self._dim))
 
     def lookup(
         self,
@@ -148,7 +149,9 @@ class BagPlan:
             ``values[offsets[f, b]:offsets[f, b + 1]]``. Each row must be non-decreasing and
             lie within ``[0, N]``.
         out : float32 array [B, F, D], C-contiguous and writable, overwritten; allocated if
-            None. Reusing one across calls avoids page faults on large batches.
+            None. Reusing one across calls avoids page faults on large batches; make it with
+            :meth:`empty_output` (64-byte aligned) so that large batches can be written with
+            streaming stores.
         parallel : force the multi-threaded (True) or serial (False) kernel; None picks the
             serial one for ``B <= SERIAL_MAX_BATCH``.
 
@@ -187,7 +190,7 @@ class BagPlan:
                 f"the plan), got {offsets.shape}"
             )
         if out is None:
-            out = np.empty((nb, nf, self._dim), dtype=np.float32)
+            out = empty_aligned((nb, nf, self._dim))
         else:
             try:
                 # carray: C-contiguous, aligned and writable.
@@ -211,12 +214,15 @@ class BagPlan:
             kernel = self._entries[parallel] or self._entry(parallel)
         else:
             kernel = self._kernels[1 if parallel else 0]
+        # Streaming stores only pay for outputs too large to stay in cache (so, never serial).
+        stream = parallel and streams(out, self._dim * 4)
         status = kernel(
             values,
             offsets,
             *self._tables,
             self.tile(nb, parallel) if parallel else self._serial_tile,
             self._max_k,
+            stream,
             out,
         )
         if status != _OK:  # the kernels write nothing if shapes or offsets are bad
@@ -238,6 +244,7 @@ class BagPlan:
                 numba.typeof(self._meta),
                 numba.int64,
                 numba.int64,
+                numba.boolean,
                 numba.types.Array(numba.float32, 3, "C"),
             )
             entry = self._kernels[1 if parallel else 0].compile(sig)

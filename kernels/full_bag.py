@@ -11,9 +11,10 @@ import numba
 import numpy as np
 from numba import prange
 
+from ._alloc import empty_aligned, streams
 from ._checks import require_array
 from ._config import JIT
-from ._intrinsics import LINE, prefetch, rows1_add, rows1_set
+from ._intrinsics import LINE, prefetch, rows1_add, rows1_set, rows1_stream, store_fence
 
 # Below this many bags the thread-pool launch costs more than it saves.
 _SERIAL_MAX_BAGS = 64
@@ -31,14 +32,14 @@ _BAD_OFFSETS = 2
 
 
 @numba.njit(inline="always", **JIT)
-def _rows_bags(indices, offsets, table, mean, b0, b1, out, dim, ahead):
+def _rows_bags(indices, offsets, table, mean, b0, b1, out, dim, ahead, stream):
     """Pool bags ``b0..b1`` into ``out[b0:b1]``; returns a status code.
 
     Validation is fused into the pass that reads the data anyway (a separate scan of every index
     cost as much as the gathers of a small batch): the tile's offsets are checked before any of
     them is used, and each index when its row is prefetched, which always happens before the
     index is used, so nothing is ever read out of bounds. On an error ``out`` is left partly
-    written.
+    written. With ``stream``, one-row bags are written with streaming stores (see ``_alloc``).
     """
     n = indices.shape[0]
     bad = (offsets[b0] < 0) | (offsets[b1] > n)
@@ -61,7 +62,9 @@ def _rows_bags(indices, offsets, table, mean, b0, b1, out, dim, ahead):
             for d in range(0, dim, LINE):
                 prefetch(table, r, d)
             pf += 1
-        if p1 - p0 == 1:
+        if p1 - p0 == 1 and stream:
+            rows1_stream(dim, out, b, table, indices[p0], one)
+        elif p1 - p0 == 1:
             rows1_set(dim, out, b, table, indices[p0], one)
         elif p1 <= p0:
             for d in range(dim):
@@ -83,16 +86,19 @@ def _make_rows_kernels(dim: int, ahead: int):
 
     @numba.njit(**JIT)
     def rows_serial(indices, offsets, table, mean, tile, out):
-        return _rows_bags(indices, offsets, table, mean, 0, out.shape[0], out, dim, ahead)
+        return _rows_bags(indices, offsets, table, mean, 0, out.shape[0], out, dim, ahead, False)
 
     @numba.njit(parallel=True, **JIT)
-    def rows_parallel(indices, offsets, table, mean, tile, out):
+    def rows_parallel(indices, offsets, table, mean, tile, stream, out):
         nb = out.shape[0]
         worst = _OK
         for t in prange((nb + tile - 1) // tile):
             b0 = t * tile
             b1 = min(nb, b0 + tile)
-            worst = max(worst, _rows_bags(indices, offsets, table, mean, b0, b1, out, dim, ahead))
+            status = _rows_bags(indices, offsets, table, mean, b0, b1, out, dim, ahead, stream)
+            if stream:
+                store_fence()
+            worst = max(worst, status)
         return worst
 
     return rows_serial, rows_parallel
@@ -128,7 +134,8 @@ def full_bag_rows(
     indices : int64 array [N], row indices in ``[0, rows)`` (checked)
     offsets : int64 array [B + 1], non-decreasing, within ``[0, N]`` (checked)
     table : float32 array [rows, D], C-contiguous; read-only memory maps are fine
-    out : float32 array [B, D], C-contiguous, overwritten; allocated if None
+    out : float32 array [B, D], C-contiguous, overwritten; allocated (64-byte aligned) if None;
+        large outputs are written with streaming stores if 64-byte aligned
     mean : mean pooling instead of sum
     parallel : force the multi-threaded (True) or serial (False) kernel; None picks by B
 
@@ -148,7 +155,7 @@ def full_bag_rows(
         raise ValueError("offsets must have B + 1 >= 1 entries, got an empty array")
     nb = offsets.shape[0] - 1
     if out is None:
-        out = np.empty((nb, table.shape[1]), dtype=np.float32)
+        out = empty_aligned((nb, table.shape[1]))
     else:
         require_array(out, np.float32, 2, "out")
         if out.shape != (nb, table.shape[1]) or not out.flags.writeable:
@@ -166,7 +173,8 @@ def full_bag_rows(
         if parallel:
             # At least 16 tiles (numba.get_num_threads() would cost ~1 us per call here).
             tile = max(16, min(_TILE, nb // 16))
-            status = parallel_kernel(indices, offsets, table, bool(mean), tile, out)
+            stream = streams(out, table.shape[1] * 4)
+            status = parallel_kernel(indices, offsets, table, bool(mean), tile, stream, out)
         else:
             status = serial_kernel(indices, offsets, table, bool(mean), 0, out)
     if status == _BAD_OFFSETS:

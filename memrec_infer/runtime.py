@@ -139,7 +139,7 @@ class Model:
         """A reusable ``[rows, F, D]`` output (fresh large outputs page-fault on every call)."""
         buf = getattr(self._local, "buf", None)
         if buf is None or buf.shape[0] < rows:
-            buf = np.empty((max(rows, 1), self.plan.num_features, self.plan.dim), np.float32)
+            buf = self.plan.empty_output(max(rows, 1))  # aligned: large batches stream
             self._local.buf = buf
         return buf[:rows]
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from memrec_infer.kernels import _alloc
 from memrec_infer.kernels.bags import FeatureTable, full_bag_rows, make_plan
 from memrec_infer.kernels.hashing import draw_seeds
 from memrec_infer.kernels.ids import NULL_ID
@@ -320,6 +321,52 @@ def test_dispatcher_picks_serial_for_small_and_parallel_for_large_batches():
             np.testing.assert_array_equal(auto, plan.lookup(values, offsets, parallel=parallel))
 
 
+# ---------------------------------------------------------------- streaming stores
+
+
+@pytest.fixture
+def always_stream(monkeypatch):
+    # Large outputs are written with streaming stores; make every output "large".
+    monkeypatch.setattr(_alloc, "STREAM_MIN_BYTES", 0)
+
+
+def misaligned(shape):
+    # A C-contiguous float32 array 16 bytes past a cache line: valid, but never streamed into.
+    n = int(np.prod(shape))
+    return _alloc.empty_aligned((n + 4,))[4:].reshape(shape)
+
+
+@pytest.mark.parametrize("dim", [16, 32, 20])
+@pytest.mark.parametrize("one_hot", [True, False])
+@pytest.mark.parametrize("aligned", [True, False])
+def test_streamed_outputs_match_the_reference(always_stream, dim, one_hot, aligned):
+    # Streaming only when rows start on cache lines (aligned out, D a multiple of 16), and the
+    # result is the same either way; k = 1..5, full tables, one-id and longer bags.
+    rng = np.random.default_rng(30 + dim)
+    tokens, weights, vocab = tables(rng, dim=dim)
+    features = every_k_features(rng)
+    nf, nb = len(features), 1100
+    if one_hot:
+        values = rng.choice(np.asarray(EDGE_IDS, dtype=np.int64), size=nf * nb)
+        offsets = np.arange(nf * nb + 1, dtype=np.int64)[:-1].reshape(nf, nb)
+        offsets = np.concatenate([offsets, offsets[:, -1:] + 1], axis=1)
+    else:
+        values, offsets = jagged(rng, nf, nb, 2, EDGE_IDS)
+    plan = make_plan(features, tokens, weights, vocab)
+    out = plan.empty_output(nb) if aligned else misaligned((nb, nf, dim))
+    assert _alloc.streams(out, dim * 4) == (aligned and dim % 16 == 0)
+    out[:] = np.nan
+    check(features, tokens, weights, vocab, values, offsets, True, out=out)
+
+
+def test_empty_aligned_starts_on_a_cache_line():
+    for shape in [(0, 26, 16), (1,), (3, 5), (7, 26, 16)]:
+        arr = _alloc.empty_aligned(shape)
+        assert arr.shape == shape and arr.dtype == np.float32 and arr.flags.c_contiguous
+        assert arr.size == 0 or _alloc.line_aligned(arr)
+    assert not _alloc.line_aligned(misaligned((4, 16)))
+
+
 # ---------------------------------------------------------------- full_bag_rows
 
 
@@ -340,6 +387,20 @@ def test_full_bag_rows_matches_numpy(parallel, mean):
         if mean and rows.shape[0]:
             want /= rows.shape[0]
         np.testing.assert_allclose(got[b], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_full_bag_rows_streamed_matches_numpy(always_stream, aligned):
+    rng = np.random.default_rng(11)
+    table = rng.standard_normal((50, 32)).astype(np.float32)
+    lengths = rng.integers(0, 3, size=1000)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    indices = rng.integers(0, 50, size=int(offsets[-1])).astype(np.int64)
+    out = _alloc.empty_aligned((1000, 32)) if aligned else misaligned((1000, 32))
+    assert _alloc.streams(out, 32 * 4) == aligned
+    got = full_bag_rows(indices, offsets, table, out=out, parallel=True)
+    want = np.stack([table[indices[offsets[b] : offsets[b + 1]]].sum(axis=0) for b in range(1000)])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_full_bag_rows_rejects_bad_input():
