@@ -31,7 +31,7 @@ import numba
 import numpy as np
 
 from . import _bag_kernels as _k
-from ._alloc import empty_aligned, streams
+from ._alloc import STREAM_MIN_BYTES, empty_aligned, streams
 from ._checks import require_array
 from .full_bag import full_bag_rows
 
@@ -190,7 +190,10 @@ class BagPlan:
                 f"the plan), got {offsets.shape}"
             )
         if out is None:
-            out = empty_aligned((nb, nf, self._dim))
+            # Aligned only when it could be streamed into: aligning costs ~1 us per call.
+            shape = (nb, nf, self._dim)
+            big = nb * nf * self._dim * 4 >= STREAM_MIN_BYTES
+            out = empty_aligned(shape) if big else np.empty(shape, dtype=np.float32)
         else:
             try:
                 # carray: C-contiguous, aligned and writable.
