@@ -287,8 +287,9 @@ def markdown(info: dict, settings: dict, workers: list[dict]) -> str:
             )
     md += ["", "## Benchmark 4: the machine's gather rates and MEM-REC's share of them", ""]
     md += [
-        "Random rows summed in bags of k, precomputed indices, same Numba flags "
-        f"({settings['gather_bags']:,} bags per call).",
+        "Random rows summed in bags of k, precomputed indices, with the kernel's Numba flags, "
+        "vector row updates and store policy (streaming stores when the output is 16 MiB or "
+        f"more); {settings['gather_bags']:,} bags per call.",
         "",
         "| D | threads | table | Mrows/s | GB/s |",
         "|---|---|---|---|---|",
