@@ -29,6 +29,7 @@ from gather_rate import gather_call, resident_table
 from machine import meminfo_bytes
 from timing import measure, summary
 
+from memrec_infer.kernels._alloc import empty_aligned
 from memrec_infer.kernels.bags import BagPlan, FeatureTable, full_bag_rows, make_plan
 from memrec_infer.kernels.hashing import draw_seeds
 
@@ -89,7 +90,7 @@ def contenders(torch, plan, tables, fused, weight_np, bags: Bags, full: bool) ->
     nf = bags.offsets.shape[0]
     nb = bags.batch
     dim = weight_np.shape[1]
-    out = np.empty((nb, nf, dim), dtype=np.float32)
+    out = plan.empty_output(nb)  # 64-byte aligned, as the engine's own buffers (so it can stream)
     per_table = []
     for f in range(nf):
         lo, hi = bags.offsets[f, 0], bags.offsets[f, -1]
@@ -105,7 +106,7 @@ def contenders(torch, plan, tables, fused, weight_np, bags: Bags, full: bool) ->
         "torch_fused": lambda: fused(fused_idx, fused_offs),
     }
     if full:
-        out_full = np.empty((nb * nf, dim), dtype=np.float32)
+        out_full = empty_aligned((nb * nf, dim))
         calls["full_kernel"] = lambda: full_bag_rows(
             bags.fused_rows, bags.fused_offsets, weight_np, out=out_full
         )
