@@ -16,6 +16,7 @@ from numba import prange
 from ._config import JIT
 from ._intrinsics import (
     LINE,
+    bag_rows_weighted,
     prefetch,
     rows1_add,
     rows1_set,
@@ -282,12 +283,8 @@ def _pool_bags(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim, stream):
 
 @numba.njit(inline="always", **JIT)
 def _pool_general(tokens, k, sel, q0, q1, hb, ab, out, o, dim):
-    # Any bag and any k: row by row, in id then hash order. The first row is assigned, not
-    # added: zeroing first costs a store and a store-forwarded reload per bag.
-    rows1_set(dim, out, o, tokens, hb[0, q0], ab[0, q0])
-    for q in range(q0, q1):
-        for j in range(1 if q == q0 else 0, k):
-            rows1_add(dim, out, o, tokens, hb[j, q], ab[j * sel, q])
+    # Any bag and any k: row by row, in id then hash order, summed in registers.
+    bag_rows_weighted(dim, out, o, tokens, hb, ab, q0, q1, k, sel)
 
 
 @numba.njit(inline="always", **JIT)

@@ -238,3 +238,162 @@ def store_fence(typingctx):  # noqa: ARG001
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+# ------------------------------------------------------------------ whole bags in registers
+
+
+def _item_ptr(context, builder, aryty, value, idx):
+    # Address of ``arr[idx...]`` (no wraparound, no bounds check).
+    ary = context.make_array(aryty)(context, builder, value)
+    return cgutils.get_item_pointer2(
+        context,
+        builder,
+        ary.data,
+        cgutils.unpack_tuple(builder, ary.shape),
+        cgutils.unpack_tuple(builder, ary.strides),
+        aryty.layout,
+        idx,
+        wraparound=False,
+        boundscheck=False,
+    )
+
+
+def _bag_codegen(dim: int, context, builder, dptr, rows):
+    """Emit ``dst = sum over rows of w * src[r]`` with the sum held in registers.
+
+    ``rows(emit)`` emits the loops over the bag and calls ``emit(src_row_ptr, weight)`` once per
+    row, in order. The accumulators are allocas, which LLVM promotes to vector registers: a row
+    costs a load and a fused multiply-add, not the load-add-store round trip through ``dst``
+    (whose store-to-load forwarding made long bags latency bound). Sums start from zero, so an
+    empty bag gives zeros and the first row is ``w * r`` exactly, as before.
+    """
+    f32 = _IR.FloatType()
+    vecty = _IR.VectorType(f32, _VEC)
+    nvec, tail = divmod(dim, _VEC)
+    with builder.goto_entry_block():
+        accs = [builder.alloca(vecty) for _ in range(nvec)] + [
+            builder.alloca(f32) for _ in range(tail)
+        ]
+    for c in range(nvec):
+        builder.store(_IR.Constant(vecty, [0.0] * _VEC), accs[c])
+    for t in range(tail):
+        builder.store(_IR.Constant(f32, 0.0), accs[nvec + t])
+
+    def chunk(ptr, c, width):
+        p = builder.gep(ptr, [_IR.IntType(64)(c)], inbounds=True, source_etype=f32)
+        return p if width == 1 else builder.bitcast(p, vecty.as_pointer())
+
+    def emit(sptr, w):
+        wv = _splat(builder, w, _VEC)
+        for c in range(nvec):
+            row = builder.load(chunk(sptr, c * _VEC, _VEC), align=4, typ=vecty)
+            acc = builder.load(accs[c], typ=vecty)
+            builder.store(
+                builder.fadd(acc, builder.fmul(wv, row, flags=_FP_FLAGS), flags=_FP_FLAGS), accs[c]
+            )
+        for t in range(tail):
+            x = builder.load(chunk(sptr, nvec * _VEC + t, 1), align=4, typ=f32)
+            acc = builder.load(accs[nvec + t], typ=f32)
+            builder.store(
+                builder.fadd(acc, builder.fmul(w, x, flags=_FP_FLAGS), flags=_FP_FLAGS),
+                accs[nvec + t],
+            )
+
+    rows(emit)
+    for c in range(nvec):
+        builder.store(builder.load(accs[c], typ=vecty), chunk(dptr, c * _VEC, _VEC), align=4)
+    for t in range(tail):
+        builder.store(
+            builder.load(accs[nvec + t], typ=f32), chunk(dptr, nvec * _VEC + t, 1), align=4
+        )
+
+
+def _literal_dim(dim) -> int | None:
+    return dim.literal_value if isinstance(dim, types.IntegerLiteral) else None
+
+
+def _f32_2d(*arrays) -> bool:
+    return all(
+        isinstance(a, types.Array) and a.ndim == 2 and a.dtype == types.float32 and a.layout == "C"
+        for a in arrays
+    )
+
+
+@intrinsic
+def bag_rows_weighted(typingctx, dim, dst, i, src, hb, ab, q0, q1, k, sel):  # noqa: ARG001
+    """``dst[i] = sum_{q in [q0, q1)} sum_{j < k} ab[j * sel, q] * src[hb[j, q]]``, in that order.
+
+    A MEM-REC bag from the per-tile scratch (``hb``: int64 rows, ``ab``: float32 weights, one
+    row per hash function). ``dim`` must be a compile-time constant (a literal int); ``dst`` and
+    ``src`` C-contiguous float32 2-D arrays of width ``dim``. Nothing is checked.
+    """
+    d = _literal_dim(dim)
+    if d is None or not _f32_2d(dst, src):
+        return None
+    if not (isinstance(hb, types.Array) and hb.ndim == 2 and isinstance(hb.dtype, types.Integer)):
+        return None
+    if not (isinstance(ab, types.Array) and ab.ndim == 2 and ab.dtype == types.float32):
+        return None
+    sig = types.void(dim, dst, i, src, hb, ab, q0, q1, k, sel)
+
+    def codegen(context, builder, signature, args):
+        intp = types.intp
+        tys = signature.args
+        _, dstv, iv, srcv, hbv, abv, q0v, q1v, kv, selv = (
+            context.cast(builder, a, t, intp) if isinstance(t, types.Integer) else a
+            for a, t in zip(args, tys, strict=True)
+        )
+        dptr = _row_ptr(context, builder, tys[1], dstv, iv)
+
+        def rows(emit):
+            with cgutils.for_range_slice(builder, q0v, q1v, q0v.type(1)) as (q, _):
+                with cgutils.for_range(builder, kv) as loop:
+                    j = loop.index
+                    r = builder.load(_item_ptr(context, builder, tys[4], hbv, [j, q]))
+                    r = context.cast(builder, r, tys[4].dtype, intp)
+                    wj = builder.mul(j, selv)
+                    w = builder.load(_item_ptr(context, builder, tys[5], abv, [wj, q]))
+                    emit(_row_ptr(context, builder, tys[3], srcv, r), w)
+
+        _bag_codegen(d, context, builder, dptr, rows)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def bag_rows(typingctx, dim, dst, i, src, idx, p0, p1):  # noqa: ARG001
+    """``dst[i] = sum_{p in [p0, p1)} src[idx[p]]``, in that order (a full-table bag).
+
+    ``dim`` must be a compile-time constant (a literal int); ``dst`` and ``src`` C-contiguous
+    float32 2-D arrays of width ``dim``; ``idx`` a 1-D integer array. Nothing is checked.
+    """
+    d = _literal_dim(dim)
+    if d is None or not _f32_2d(dst, src):
+        return None
+    if not (
+        isinstance(idx, types.Array) and idx.ndim == 1 and isinstance(idx.dtype, types.Integer)
+    ):
+        return None
+    sig = types.void(dim, dst, i, src, idx, p0, p1)
+
+    def codegen(context, builder, signature, args):
+        intp = types.intp
+        tys = signature.args
+        iv = context.cast(builder, args[2], tys[2], intp)
+        p0v = context.cast(builder, args[5], tys[5], intp)
+        p1v = context.cast(builder, args[6], tys[6], intp)
+        dptr = _row_ptr(context, builder, tys[1], args[1], iv)
+        one = _IR.Constant(_IR.FloatType(), 1.0)
+
+        def rows(emit):
+            with cgutils.for_range_slice(builder, p0v, p1v, p0v.type(1)) as (p, _):
+                r = builder.load(_item_ptr(context, builder, tys[4], args[4], [p]))
+                r = context.cast(builder, r, tys[4].dtype, intp)
+                emit(_row_ptr(context, builder, tys[3], args[3], r), one)
+
+        _bag_codegen(d, context, builder, dptr, rows)
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -14,7 +14,7 @@ from numba import prange
 from ._alloc import empty_aligned, streams
 from ._checks import require_array
 from ._config import JIT
-from ._intrinsics import LINE, prefetch, rows1_add, rows1_set, rows1_stream, store_fence
+from ._intrinsics import LINE, bag_rows, prefetch, rows1_set, rows1_stream, store_fence
 
 # Below this many bags the thread-pool launch costs more than it saves.
 _SERIAL_MAX_BAGS = 64
@@ -70,10 +70,7 @@ def _rows_bags(indices, offsets, table, mean, b0, b1, out, dim, ahead, stream):
             for d in range(dim):
                 out[b, d] = 0.0
         else:
-            # The first row is assigned rather than added to zeros: one store less per bag.
-            rows1_set(dim, out, b, table, indices[p0], one)
-            for p in range(p0 + 1, p1):
-                rows1_add(dim, out, b, table, indices[p], one)
+            bag_rows(dim, out, b, table, indices, p0, p1)  # summed in registers
             if mean:
                 nf = np.float32(p1 - p0)
                 for d in range(dim):
