@@ -61,7 +61,8 @@ def memrec_plan(settings: dict, rng: np.random.Generator) -> tuple[BagPlan, dict
         )
         toff += m
         woff += mw * sizes.k
-    plan = make_plan(feats, tokens, weights, np.zeros(0, dtype=np.int64))
+    # Huge pages, as the engine's own plans (memrec_infer.runtime.Model) have them.
+    plan = make_plan(feats, tokens, weights, np.zeros(0, dtype=np.int64), huge_pages=True)
     info = {
         "m": list(sizes.m),
         "m_w": list(sizes.m_w),

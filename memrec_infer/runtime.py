@@ -84,7 +84,11 @@ class Model:
         self.prep = FeaturePrep(self.manifest["dense"], self.manifest["sparse"])
         try:
             self.plan: BagPlan = make_plan(
-                feature_tables(self.manifest), model_dir.tokens, model_dir.weights, model_dir.vocab
+                feature_tables(self.manifest),
+                model_dir.tokens,
+                model_dir.weights,
+                model_dir.vocab,
+                huge_pages=True,  # MEM-REC tables (small) leave the memory map for huge pages
             )
         except ValueError as exc:
             raise InvalidModelError(

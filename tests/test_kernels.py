@@ -278,6 +278,34 @@ def test_readonly_memmapped_tables_and_preallocated_out(tmp_path, parallel):
     np.testing.assert_array_equal(plan.lookup(values, offsets, parallel=parallel), out)
 
 
+def test_huge_pages_copy_small_token_tables_and_leave_large_ones_mapped(tmp_path, monkeypatch):
+    rng = np.random.default_rng(12)
+    tokens, weights, vocab = tables(rng, dim=16)
+    np.save(tmp_path / "tokens.npy", tokens)
+    mapped = np.load(tmp_path / "tokens.npy", mmap_mode="r")
+    features = mixed_features(rng)
+    values, offsets = jagged(rng, len(features), 90, 3, EDGE_IDS)
+    want = make_plan(features, mapped, weights, vocab).lookup(values, offsets)
+
+    plan = make_plan(features, mapped, weights, vocab, huge_pages=True)
+    if _alloc.huge_pages_available():
+        assert not np.shares_memory(plan.tokens, mapped)
+        assert plan.tokens.__array_interface__["data"][0] % (2 << 20) == 0
+    assert not plan.tokens.flags.writeable
+    np.testing.assert_array_equal(plan.tokens, tokens)
+    np.testing.assert_array_equal(plan.lookup(values, offsets), want)
+
+    monkeypatch.setattr(_alloc, "HUGE_COPY_MAX", tokens.nbytes - 1)  # "too large": stays mapped
+    assert np.shares_memory(
+        make_plan(features, mapped, weights, vocab, huge_pages=True).tokens, mapped
+    )
+    monkeypatch.undo()
+    monkeypatch.setattr(_alloc, "huge_pages_available", lambda: False)  # e.g. THP 'never'
+    assert np.shares_memory(
+        make_plan(features, mapped, weights, vocab, huge_pages=True).tokens, mapped
+    )
+
+
 @pytest.mark.parametrize("parallel", PARALLEL)
 @pytest.mark.parametrize("nb", [1, 2, 8, 9])
 def test_small_batches_of_k2_features_only(parallel, nb):
