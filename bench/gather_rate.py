@@ -22,6 +22,7 @@ from memrec_infer.kernels._intrinsics import (
     prefetch,
     rows1_add,
     rows1_set,
+    rows1_stream,
     rows2_stream,
     store_fence,
 )
@@ -82,6 +83,42 @@ def gather_call(table: np.ndarray, bags: int, k: int, seed: int = 0):
         kernel(table, idx, k, stream, out)
 
     return call, bags * k
+
+
+def _make_write(dim: int):
+    # Every row of ``out`` written from one L1-resident row: the cost of the stores alone.
+
+    @numba.njit(parallel=True, **JIT)
+    def write_rows(src, stream, out):
+        nb = out.shape[0]
+        one = np.float32(1.0)
+        for t in prange((nb + _TILE - 1) // _TILE):
+            for b in range(t * _TILE, min(nb, t * _TILE + _TILE)):
+                if stream:
+                    rows1_stream(dim, out, b, src, 0, one)
+                else:
+                    rows1_set(dim, out, b, src, 0, one)
+            if stream:
+                store_fence()
+
+    return write_rows
+
+
+_WRITE: dict[int, object] = {}
+
+
+def write_call(out: np.ndarray):
+    """A zero-argument callable writing every row of ``out`` ([rows, D] float32, line-aligned)
+    with the engine's store policy: the floor under any lookup producing that output."""
+    dim = int(out.shape[1])
+    kernel = _WRITE.get(dim) or _WRITE.setdefault(dim, _make_write(dim))
+    src = np.ones((1, dim), dtype=np.float32)
+    stream = streams(out, dim * 4)
+
+    def call() -> None:
+        kernel(src, stream, out)
+
+    return call
 
 
 def resident_table(nbytes: int, dim: int, seed: int = 0) -> np.ndarray:
