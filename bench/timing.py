@@ -3,6 +3,11 @@
 Each contender runs in blocks of calls; blocks of all contenders alternate over several rounds
 (the order rotates every round), and every call is timed on its own. A load spike from another
 process then hits all contenders alike instead of one of them.
+
+Between blocks the caller sleeps for ``settle`` seconds: OpenMP thread pools (torch's, and
+Numba's own) spin for a few milliseconds after a parallel call before they sleep, and on a
+2-core machine those spinning threads would take the cores from the first calls of the next
+contender's block.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import numpy as np
 
 # A block never exceeds this many calls, so even a sub-microsecond call leaves rounds to rotate.
 _MAX_BLOCK = 20_000
+# Long enough for GNU OpenMP's default spin-wait (GOMP_SPINCOUNT) to end and its threads to sleep.
+SETTLE_S = 0.02
 
 
 def measure(
@@ -21,6 +28,7 @@ def measure(
     seconds: float,
     rounds: int = 5,
     warmup: int = 2,
+    settle: float = SETTLE_S,
 ) -> dict[str, np.ndarray]:
     """Seconds per call of every contender, interleaved.
 
@@ -31,6 +39,7 @@ def measure(
         round is always made
     rounds : number of rotations over the contenders
     warmup : untimed calls per contender before timing (first-touch of outputs, lazy init)
+    settle : seconds slept before each block (see the module docstring)
 
     Returns
     -------
@@ -52,6 +61,7 @@ def measure(
             fn = contenders[name]
             n = int(min(_MAX_BLOCK, max(1, seconds / rounds / est[name])))
             out = times[name]
+            time.sleep(settle)
             for _ in range(n):
                 t0 = clock()
                 fn()
