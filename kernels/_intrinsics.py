@@ -3,6 +3,10 @@
 Random row gathers (token rows in L3, full-table rows in DRAM) are latency bound: a gather loop
 stalls once the out-of-order window is full of outstanding loads. Prefetching the rows a few
 bags ahead keeps more misses in flight, as FBGEMM's embedding kernels do.
+
+Numba's on-disk cache keys a kernel on its own source file, not on the intrinsics it calls:
+after editing this file, delete the ``*.nbi``/``*.nbc`` files in ``kernels/__pycache__`` (or
+set ``NUMBA_CACHE_DIR`` to a fresh directory), or the kernels keep running the old code.
 """
 
 from __future__ import annotations
@@ -12,6 +16,22 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 _IR = cgutils.ir  # llvmlite's IR module, as Numba itself uses it
+
+
+def _item_ptr(context, builder, aryty, value, idx):
+    # Address of ``arr[idx...]`` (no wraparound, no bounds check).
+    ary = context.make_array(aryty)(context, builder, value)
+    return cgutils.get_item_pointer2(
+        context,
+        builder,
+        ary.data,
+        cgutils.unpack_tuple(builder, ary.shape),
+        cgutils.unpack_tuple(builder, ary.strides),
+        aryty.layout,
+        idx,
+        wraparound=False,
+        boundscheck=False,
+    )
 
 
 @intrinsic
@@ -32,23 +52,11 @@ def prefetch(typingctx, arr, i, j):  # noqa: ARG001 (Numba's intrinsic signature
     sig = types.void(arr, i, j)
 
     def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
         idx = [
             context.cast(builder, args[1], signature.args[1], types.intp),
             context.cast(builder, args[2], signature.args[2], types.intp),
         ]
-        ptr = cgutils.get_item_pointer2(
-            context,
-            builder,
-            ary.data,
-            cgutils.unpack_tuple(builder, ary.shape),
-            cgutils.unpack_tuple(builder, ary.strides),
-            aryty.layout,
-            idx,
-            wraparound=False,
-            boundscheck=False,
-        )
+        ptr = _item_ptr(context, builder, signature.args[0], args[0], idx)
         i32 = _IR.IntType(32)
         fnty = _IR.FunctionType(_IR.VoidType(), [cgutils.voidptr_t, i32, i32, i32])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
@@ -67,18 +75,7 @@ _FP_FLAGS = ("contract",)  # let LLVM fuse multiply-add; no reassociation, sums 
 
 def _row_ptr(context, builder, aryty, value, row):
     # Address of ``arr[row, 0]`` as a float pointer.
-    ary = context.make_array(aryty)(context, builder, value)
-    return cgutils.get_item_pointer2(
-        context,
-        builder,
-        ary.data,
-        cgutils.unpack_tuple(builder, ary.shape),
-        cgutils.unpack_tuple(builder, ary.strides),
-        aryty.layout,
-        [row, context.get_constant(types.intp, 0)],
-        wraparound=False,
-        boundscheck=False,
-    )
+    return _item_ptr(context, builder, aryty, value, [row, context.get_constant(types.intp, 0)])
 
 
 def _splat(builder, value, width):
@@ -241,22 +238,6 @@ def store_fence(typingctx):  # noqa: ARG001
 
 
 # ------------------------------------------------------------------ whole bags in registers
-
-
-def _item_ptr(context, builder, aryty, value, idx):
-    # Address of ``arr[idx...]`` (no wraparound, no bounds check).
-    ary = context.make_array(aryty)(context, builder, value)
-    return cgutils.get_item_pointer2(
-        context,
-        builder,
-        ary.data,
-        cgutils.unpack_tuple(builder, ary.shape),
-        cgutils.unpack_tuple(builder, ary.strides),
-        aryty.layout,
-        idx,
-        wraparound=False,
-        boundscheck=False,
-    )
 
 
 def _bag_codegen(dim: int, context, builder, dptr, rows):
