@@ -18,14 +18,6 @@ GOAL_D16 = 1.5
 GOAL_FULL = 1 / 1.1  # our full-table kernel at most 10% slower than EmbeddingBag
 GOAL_GATHER = 0.9
 
-LABELS = {
-    "memrec": "MEM-REC",
-    "torch_tables": "torch per-table",
-    "torch_fused": "torch fused",
-    "full_kernel": "our full-table",
-    "write_floor": "output write floor",
-}
-
 
 def _key(row: dict) -> tuple:
     return (row["dist"], row["hot"], row["batch"], row["threads"])
