@@ -33,6 +33,13 @@ def empty_aligned(shape: tuple[int, ...], dtype: np.dtype | type = np.float32) -
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
+def empty_output(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised float32 output, line-aligned if it is large enough to be streamed into
+    (aligning costs ~1 us, a large share of a small batch's lookup)."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * 4
+    return empty_aligned(shape) if nbytes >= STREAM_MIN_BYTES else np.empty(shape, np.float32)
+
+
 def line_aligned(arr: np.ndarray) -> bool:
     """True if ``arr``'s data starts on a 64-byte boundary."""
     return arr.__array_interface__["data"][0] % LINE_BYTES == 0

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import _alloc
 from . import _bag_kernels as _k
-from ._alloc import STREAM_MIN_BYTES, empty_aligned, streams
+from ._alloc import empty_aligned, empty_output, streams
 from ._checks import require_array
 from .full_bag import full_bag_rows
 
@@ -191,10 +191,7 @@ class BagPlan:
                 f"the plan), got {offsets.shape}"
             )
         if out is None:
-            # Aligned only when it could be streamed into: aligning costs ~1 us per call.
-            shape = (nb, nf, self._dim)
-            big = nb * nf * self._dim * 4 >= STREAM_MIN_BYTES
-            out = empty_aligned(shape) if big else np.empty(shape, dtype=np.float32)
+            out = empty_output((nb, nf, self._dim))
         else:
             try:
                 # carray: C-contiguous, aligned and writable.

@@ -11,7 +11,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._alloc import empty_aligned, streams
+from ._alloc import empty_output, streams
 from ._checks import require_array
 from ._config import JIT
 from ._intrinsics import LINE, bag_rows, prefetch, rows1_set, rows1_stream, store_fence
@@ -134,8 +134,8 @@ def full_bag_rows(
     indices : int64 array [N], row indices in ``[0, rows)`` (checked)
     offsets : int64 array [B + 1], non-decreasing, within ``[0, N]`` (checked)
     table : float32 array [rows, D], C-contiguous; read-only memory maps are fine
-    out : float32 array [B, D], C-contiguous, overwritten; allocated (64-byte aligned) if None;
-        large outputs are written with streaming stores if 64-byte aligned
+    out : float32 array [B, D], C-contiguous, overwritten; allocated if None; outputs of 16 MiB
+        or more are written with streaming stores if 64-byte aligned (``empty_aligned``)
     mean : mean pooling instead of sum
     parallel : force the multi-threaded (True) or serial (False) kernel; None picks by B
 
@@ -155,7 +155,7 @@ def full_bag_rows(
         raise ValueError("offsets must have B + 1 >= 1 entries, got an empty array")
     nb = offsets.shape[0] - 1
     if out is None:
-        out = empty_aligned((nb, table.shape[1]))
+        out = empty_output((nb, table.shape[1]))
     else:
         require_array(out, np.float32, 2, "out")
         if out.shape != (nb, table.shape[1]) or not out.flags.writeable:

@@ -393,6 +393,9 @@ def test_empty_aligned_starts_on_a_cache_line():
         assert arr.shape == shape and arr.dtype == np.float32 and arr.flags.c_contiguous
         assert arr.size == 0 or _alloc.line_aligned(arr)
     assert not _alloc.line_aligned(misaligned((4, 16)))
+    # Outputs the kernels allocate themselves are aligned when large enough to be streamed into.
+    big = _alloc.empty_output((_alloc.STREAM_MIN_BYTES // 64, 16))
+    assert big.dtype == np.float32 and _alloc.streams(big, 64)
 
 
 # ---------------------------------------------------------------- full_bag_rows
