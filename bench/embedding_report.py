@@ -202,9 +202,12 @@ def markdown(info: dict, settings: dict, workers: list[dict]) -> str:
         "[B*F, D]), on as many threads as MEM-REC or fewer (the *best* column names it), with "
         "`THP_MEM_ALLOC_ENABLE=1`. *Default torch* = the same in a second "
         "process without it, with its own MEM-REC timings for the ratio.",
-        "- MEM-REC (`BagPlan.lookup`, output preallocated): all 26 features in one call; token "
-        "tables sized by water-filling a budget of "
+        "- MEM-REC (`BagPlan.lookup`, as the engine runs it: output preallocated and 64-byte "
+        "aligned, so outputs of 16 MiB or more are streamed; token tables in transparent huge "
+        "pages): all 26 features in one call; token tables sized by water-filling a budget of "
         f"{settings['budget_bytes'] / 2**20:.0f} MiB (small tables keep one row per value).",
+        "- Our full-table kernel (`full_bag_rows`) reads torch's own table memory and writes a "
+        "64-byte-aligned output; torch allocates its outputs per call, as it always does.",
         "",
     ]
     for w in workers:
