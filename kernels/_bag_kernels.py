@@ -1,10 +1,11 @@
-"""The ``@njit`` kernels behind :class:`memrec_infer.kernels.bags.BagPlan` (no validation here).
+"""The ``@njit`` kernels behind :class:`memrec_infer.kernels.bags.BagPlan`.
 
 Every feature of a plan is described by one row of an int64 ``meta`` array (columns below) and
 its hash functions by rows of one shared ``uint64 [S, 3]`` array of keys, so a single kernel
-call serves all features of a batch. The kernels trust their inputs completely: the Python
-layer in ``bags.py`` has checked every range once, so nothing here can index out of bounds or
-raise.
+call serves all features of a batch. The tables were checked once by ``make_plan``; what
+changes per batch (the shapes of ``offsets`` and ``out``, the offsets' values) is checked here,
+in the pass that reads it anyway, and reported as a status code: nothing here raises or
+indexes out of bounds.
 """
 
 from __future__ import annotations
