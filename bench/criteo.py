@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from memrec_infer.kernels.hashing import draw_seeds
+
 KAGGLE_CARDINALITIES = (
     1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
     27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
@@ -24,6 +26,10 @@ ZIPF_S = 1.05
 # An odd multiplier coprime to every cardinality above scatters Zipf ranks over a table, so the
 # hot rows are not the first rows of memory. (Checked in ``scatter``.)
 _SCATTER = 0x9E3779B1
+
+
+# The Kaggle DLRM's embedding width (facebookresearch/dlrm's --arch-sparse-feature-size=16).
+KAGGLE_DIM = 16
 
 
 @dataclass(frozen=True)
@@ -156,3 +162,59 @@ def make_bags(
     shift = np.repeat(np.tile(base, batch), lens)
     fused_rows = rows[pos] + shift
     return Bags(rows, offsets, fused_rows, fused_offsets)
+
+
+def kaggle_dlrm_config(
+    kind: str, seed: int, budget: int, dense: list[str], sparse: list[str], note: str
+) -> dict:
+    """The Kaggle DLRM as a checkpoint config (docs/checkpoint.md), for random-weight models.
+
+    ``dense`` columns are log1p-transformed (nulls 0); each of the 26 ``sparse`` columns is a
+    one-hot int feature with its own table: ``memrec`` tables water-filled into ``budget`` bytes
+    with seeds drawn from ``seed``, or ``full`` tables of the Kaggle cardinalities. MLPs
+    512-256-64-16 and 512-256-1, dot interaction, D = ``KAGGLE_DIM``.
+    """
+    rng = np.random.default_rng(seed)
+    sizes = memrec_sizes(KAGGLE_DIM, budget)
+    tables = []
+    for i, (name, card) in enumerate(zip(sparse, KAGGLE_CARDINALITIES, strict=True)):
+        if kind == "full":
+            # Rows 1..card hold ids 0..card-1 (build_table's default vocabulary is arange).
+            tables.append({"name": name, "kind": "full", "features": [name], "rows": card + 1})
+        else:
+            tables.append(
+                {
+                    "name": name,
+                    "kind": "memrec",
+                    "features": [name],
+                    "rows": sizes.m[i],
+                    "k": sizes.k,
+                    "token_seeds": draw_seeds(rng, sizes.k).tolist(),
+                    "weight_rows": sizes.m_w[i],
+                    "weight_cols": sizes.k,
+                    "k_w": sizes.k_w,
+                    "weight_seeds": draw_seeds(rng, sizes.k_w).tolist(),
+                }  # fmt: skip
+            )
+    return {
+        "embedding_dim": KAGGLE_DIM,
+        "dense": [{"name": n, "transform": "log1p", "fill": 0.0} for n in dense],
+        "sparse": [
+            {
+                "name": n,
+                "columns": [n],
+                "dtype": "int",
+                "multi_hot": False,
+                "table": n,
+                "pooling": "sum",
+            }
+            for n in sparse
+        ],  # fmt: skip
+        "tables": tables,
+        "dense_arch": [512, 256, 64, KAGGLE_DIM],
+        "over_arch": [512, 256, 1],
+        "interaction": "dot",
+        "self_interaction": False,
+        "label": "click",
+        "train": {"note": note},
+    }

@@ -39,70 +39,31 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
-from criteo import KAGGLE_CARDINALITIES, draw_rows, memrec_sizes  # noqa: E402
+from criteo import KAGGLE_CARDINALITIES, KAGGLE_DIM, draw_rows, kaggle_dlrm_config  # noqa: E402
 from machine import describe, header_markdown, meminfo_bytes  # noqa: E402
 from timing import measure, summary  # noqa: E402
 
 from memrec_infer.convert import convert  # noqa: E402
-from memrec_infer.kernels.hashing import draw_seeds  # noqa: E402
 from memrec_infer.models.checkpoint import TorchModel, save_checkpoint  # noqa: E402
 from memrec_infer.models.dlrm import build_dlrm  # noqa: E402
 from memrec_infer.runtime import load  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PACKAGES = ("memrec-infer", "numpy", "numba", "torch", "onnxruntime", "pyarrow")
-DIM = 16
 GOAL_P99 = 5.0
 GOAL_DENSE_SHARE = 0.85
 
 
 def config(kind: str, seed: int, budget: int) -> dict:
     """The Kaggle DLRM config with ``memrec`` or ``full`` tables (docs/checkpoint.md)."""
-    rng = np.random.default_rng(seed)
-    sizes = memrec_sizes(DIM, budget)
-    tables = []
-    for i, card in enumerate(KAGGLE_CARDINALITIES):
-        name = f"C{i + 1}"
-        if kind == "full":
-            # Rows 1..card hold ids 0..card-1 (build_table's default vocabulary is arange).
-            tables.append({"name": name, "kind": "full", "features": [name], "rows": card + 1})
-        else:
-            tables.append(
-                {
-                    "name": name,
-                    "kind": "memrec",
-                    "features": [name],
-                    "rows": sizes.m[i],
-                    "k": sizes.k,
-                    "token_seeds": draw_seeds(rng, sizes.k).tolist(),
-                    "weight_rows": sizes.m_w[i],
-                    "weight_cols": sizes.k,
-                    "k_w": sizes.k_w,
-                    "weight_seeds": draw_seeds(rng, sizes.k_w).tolist(),
-                }  # fmt: skip
-            )
-    return {
-        "embedding_dim": DIM,
-        "dense": [{"name": f"I{i}", "transform": "log1p", "fill": 0.0} for i in range(1, 14)],
-        "sparse": [
-            {
-                "name": f"C{i}",
-                "columns": [f"C{i}"],
-                "dtype": "int",
-                "multi_hot": False,
-                "table": f"C{i}",
-                "pooling": "sum",
-            }  # fmt: skip
-            for i in range(1, 27)
-        ],
-        "tables": tables,
-        "dense_arch": [512, 256, 64, DIM],
-        "over_arch": [512, 256, 1],
-        "interaction": "dot",
-        "self_interaction": False,
-        "label": "click",
-        "train": {"note": "random weights, for benchmarking"},
-    }
+    return kaggle_dlrm_config(
+        kind,
+        seed,
+        budget,
+        [f"I{i}" for i in range(1, 14)],
+        [f"C{i}" for i in range(1, 27)],
+        "random weights, for benchmarking",
+    )
 
 
 def build_models(tmp: Path, seed: int, budget: int) -> tuple[Path, TorchModel, TorchModel]:
@@ -327,7 +288,7 @@ def main() -> None:
         args.batches, args.seconds, args.rounds, args.startup_runs = [1, 1024], 0.1, 3, 1
     name = "end_to_end-quick" if args.quick else "end_to_end"
     info = describe(PACKAGES)
-    need = sum(KAGGLE_CARDINALITIES) * (DIM * 4 * 2 + 8)  # table + its init + vocab
+    need = sum(KAGGLE_CARDINALITIES) * (KAGGLE_DIM * 4 * 2 + 8)  # table + its init + vocab
     avail = meminfo_bytes("MemAvailable")
     if avail is not None and need > avail:
         sys.exit(f"the full-table torch model needs ~{need / 2**30:.1f} GiB, {avail / 2**30:.1f} "

@@ -39,12 +39,11 @@ import machine
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from criteo import KAGGLE_CARDINALITIES, draw_rows, memrec_sizes
+from criteo import KAGGLE_CARDINALITIES, KAGGLE_DIM, draw_rows, kaggle_dlrm_config
 
 from memrec_infer.scoring import DEFAULT_BATCH_SIZE
 
 N_DENSE = 13
-DIM = 16
 # MEM-REC tables of every feature together: small enough for the last-level cache.
 TABLE_BUDGET = 8 << 20
 GEN_CHUNK = 500_000
@@ -74,39 +73,17 @@ def build_model(directory: Path, seed: int) -> Path:
     import torch
 
     from memrec_infer.convert import convert
-    from memrec_infer.kernels.hashing import draw_seeds
     from memrec_infer.models.checkpoint import save_checkpoint
     from memrec_infer.models.dlrm import build_dlrm
 
-    rng = np.random.default_rng(seed)
-    sizes = memrec_sizes(DIM, TABLE_BUDGET)
-
-    def seeds(k: int) -> list[list[int]]:
-        return [[int(v) for v in row] for row in draw_seeds(rng, k)]
-
-    names = [f"cat_{j}" for j in range(len(KAGGLE_CARDINALITIES))]
-    config = {
-        "embedding_dim": DIM,
-        "dense": [
-            {"name": f"int_{i}", "transform": "log1p", "fill": 0.0} for i in range(N_DENSE)
-        ],
-        "sparse": [
-            {"name": n, "columns": [n], "dtype": "int", "multi_hot": False, "table": n,
-             "pooling": "sum"} for n in names
-        ],
-        "tables": [
-            {"name": n, "kind": "memrec", "features": [n], "rows": sizes.m[j], "k": sizes.k,
-             "token_seeds": seeds(sizes.k), "weight_rows": sizes.m_w[j],
-             "weight_cols": sizes.k, "k_w": sizes.k_w, "weight_seeds": seeds(sizes.k_w)}
-            for j, n in enumerate(names)
-        ],
-        "dense_arch": [512, 256, 64, DIM],
-        "over_arch": [512, 256, 1],
-        "interaction": "dot",
-        "self_interaction": False,
-        "label": "click",
-        "train": {"note": "random weights: score_bench measures speed and memory only"},
-    }  # fmt: skip
+    config = kaggle_dlrm_config(
+        "memrec",
+        seed,
+        TABLE_BUDGET,
+        [f"int_{i}" for i in range(N_DENSE)],
+        [f"cat_{j}" for j in range(len(KAGGLE_CARDINALITIES))],
+        "random weights: score_bench measures speed and memory only",
+    )
     torch.manual_seed(seed)
     directory.mkdir(parents=True, exist_ok=True)
     save_checkpoint(build_dlrm(config), config, directory / "model.pt")
@@ -172,7 +149,7 @@ def report(info: dict, args: argparse.Namespace, results: dict, file_mib: float)
         f"- **Input**: {args.rows:,} generated rows (seed {args.seed}), {file_mib:,.0f} MiB of "
         "Parquet: 13 int32 dense columns (10% nulls), 26 int64 categorical columns with the "
         "Criteo Kaggle cardinalities of facebookresearch/dlrm, Zipf-like ids (s=1.05)",
-        f"- **Model**: MEM-REC DLRM, D={DIM}, bottom 512-256-64-16, top 512-256-1, dot "
+        f"- **Model**: MEM-REC DLRM, D={KAGGLE_DIM}, bottom 512-256-64-16, top 512-256-1, dot "
         f"interaction, tables within {TABLE_BUDGET >> 20} MiB; random weights (speed and memory "
         "only); converted with `memrec_infer.convert`",
         f"- **Settings**: --threads {args.threads}, --batch-size {args.batch_size:,}; each "
