@@ -22,8 +22,8 @@ from memrec_infer.kernels._intrinsics import (
     prefetch,
     rows1_add,
     rows1_set,
-    rows1_stream,
-    rows2_stream,
+    rows1_write,
+    rows2_write,
     store_fence,
 )
 
@@ -44,8 +44,8 @@ def _make_gather(dim: int):
                 for j in range(k):
                     for d in range(0, dim, LINE):
                         prefetch(table, idx[(b + PREFETCH_AHEAD) * k + j], d)
-                if stream and k == 2:
-                    rows2_stream(dim, out, b, table, idx[b * k], one, idx[b * k + 1], one)
+                if k == 2:
+                    rows2_write(dim, out, b, table, idx[b * k], one, idx[b * k + 1], one, stream)
                 else:
                     rows1_set(dim, out, b, table, idx[b * k], one)
                     for j in range(1, k):
@@ -94,10 +94,7 @@ def _make_write(dim: int):
         one = np.float32(1.0)
         for t in prange((nb + _TILE - 1) // _TILE):
             for b in range(t * _TILE, min(nb, t * _TILE + _TILE)):
-                if stream:
-                    rows1_stream(dim, out, b, src, 0, one)
-                else:
-                    rows1_set(dim, out, b, src, 0, one)
+                rows1_write(dim, out, b, src, 0, one, stream)
             if stream:
                 store_fence()
 

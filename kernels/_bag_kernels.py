@@ -20,10 +20,9 @@ from ._intrinsics import (
     bag_rows_weighted,
     prefetch,
     rows1_add,
-    rows1_set,
-    rows1_stream,
+    rows1_write,
     rows2_set,
-    rows2_stream,
+    rows2_write,
     rows3_set,
     rows4_set,
     store_fence,
@@ -190,29 +189,18 @@ def _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim, stream):
     else:
         k = meta[f, K]
         sel = 1 if meta[f, WEIGHT_COLS] != 1 else 0
-    if k == 2 and stream:
+    if k == 2:
         for i in range(n):
             for d in range(0, dim, LINE):
                 prefetch(tokens, hb[0, i + PREFETCH_AHEAD], d)
                 prefetch(tokens, hb[1, i + PREFETCH_AHEAD], d)
             o = (b0 + i) * nf + f
-            rows2_stream(dim, out, o, tokens, hb[0, i], ab[0, i], hb[1, i], ab[sel, i])
-    elif k == 2:
-        for i in range(n):
-            for d in range(0, dim, LINE):
-                prefetch(tokens, hb[0, i + PREFETCH_AHEAD], d)
-                prefetch(tokens, hb[1, i + PREFETCH_AHEAD], d)
-            rows2_set(dim, out, (b0 + i) * nf + f, tokens, hb[0, i], ab[0, i], hb[1, i], ab[sel, i])
-    elif k == 1 and stream:
-        for i in range(n):
-            for d in range(0, dim, LINE):
-                prefetch(tokens, hb[0, i + PREFETCH_AHEAD], d)
-            rows1_stream(dim, out, (b0 + i) * nf + f, tokens, hb[0, i], ab[0, i])
+            rows2_write(dim, out, o, tokens, hb[0, i], ab[0, i], hb[1, i], ab[sel, i], stream)
     elif k == 1:
         for i in range(n):
             for d in range(0, dim, LINE):
                 prefetch(tokens, hb[0, i + PREFETCH_AHEAD], d)
-            rows1_set(dim, out, (b0 + i) * nf + f, tokens, hb[0, i], ab[0, i])
+            rows1_write(dim, out, (b0 + i) * nf + f, tokens, hb[0, i], ab[0, i], stream)
     else:
         for i in range(n):
             for j in range(k):
@@ -252,14 +240,11 @@ def _pool_bags(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim, stream):
         o = b * nf + f
         if q1 - q0 == 1:
             # One-hot bag: z(x) in one pass, each row read once and the output written once.
-            if k == 2 and stream:
-                rows2_stream(dim, out, o, tokens, hb[0, q0], ab[0, q0], hb[1, q0], ab[sel, q0])
-            elif k == 2:
-                rows2_set(dim, out, o, tokens, hb[0, q0], ab[0, q0], hb[1, q0], ab[sel, q0])
-            elif k == 1 and stream:
-                rows1_stream(dim, out, o, tokens, hb[0, q0], ab[0, q0])
+            if k == 2:
+                q = q0
+                rows2_write(dim, out, o, tokens, hb[0, q], ab[0, q], hb[1, q], ab[sel, q], stream)
             elif k == 1:
-                rows1_set(dim, out, o, tokens, hb[0, q0], ab[0, q0])
+                rows1_write(dim, out, o, tokens, hb[0, q0], ab[0, q0], stream)
             elif k == 3:
                 rows3_set(
                     dim, out, o, tokens,
@@ -273,12 +258,9 @@ def _pool_bags(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim, stream):
                 )  # fmt: skip
             else:
                 _pool_general(tokens, k, sel, q0, q1, hb, ab, out, o, dim)
-        elif q1 == q0:
-            for d in range(dim):
-                out[o, d] = 0.0  # an empty bag pools to zeros
         else:
-            _pool_general(tokens, k, sel, q0, q1, hb, ab, out, o, dim)
-            if mean:
+            _pool_general(tokens, k, sel, q0, q1, hb, ab, out, o, dim)  # empty bag: zeros
+            if mean and q1 > q0:
                 _divide(out, o, np.float32(q1 - q0), dim)
 
 

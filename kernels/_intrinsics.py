@@ -11,9 +11,12 @@ set ``NUMBA_CACHE_DIR`` to a fresh directory), or the kernels keep running the o
 
 from __future__ import annotations
 
+import numba
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from ._config import JIT
 
 _IR = cgutils.ir  # llvmlite's IR module, as Numba itself uses it
 
@@ -216,6 +219,24 @@ def rows1_stream(typingctx, dim, dst, i, src, r0, w0):  # noqa: ARG001
 def rows2_stream(typingctx, dim, dst, i, src, r0, w0, r1, w1):  # noqa: ARG001
     """``dst[i] = w0 * src[r0] + w1 * src[r1]``, streamed (see ``_row_op``)."""
     return _row_op(2, False, dim, dst, i, src, (r0, w0, r1, w1), stream=True)
+
+
+@numba.njit(inline="always", **JIT)
+def rows1_write(dim, dst, i, src, r0, w0, stream):
+    """``dst[i] = w0 * src[r0]``, streamed if ``stream`` (a loop-invariant flag), else cached."""
+    if stream:
+        rows1_stream(dim, dst, i, src, r0, w0)
+    else:
+        rows1_set(dim, dst, i, src, r0, w0)
+
+
+@numba.njit(inline="always", **JIT)
+def rows2_write(dim, dst, i, src, r0, w0, r1, w1, stream):
+    """``dst[i] = w0 * src[r0] + w1 * src[r1]``, streamed if ``stream``, else cached."""
+    if stream:
+        rows2_stream(dim, dst, i, src, r0, w0, r1, w1)
+    else:
+        rows2_set(dim, dst, i, src, r0, w0, r1, w1)
 
 
 @intrinsic

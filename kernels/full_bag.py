@@ -14,7 +14,7 @@ from numba import prange
 from ._alloc import empty_output, streams
 from ._checks import require_array
 from ._config import JIT
-from ._intrinsics import LINE, bag_rows, prefetch, rows1_set, rows1_stream, store_fence
+from ._intrinsics import LINE, bag_rows, prefetch, rows1_write, store_fence
 
 # Below this many bags the thread-pool launch costs more than it saves.
 _SERIAL_MAX_BAGS = 64
@@ -65,16 +65,11 @@ def _rows_bags(indices, offsets, table, mean, b0, b1, out, dim, ahead, stream):
             for d in range(0, dim, LINE):
                 prefetch(table, r, d)
             pf += 1
-        if p1 - p0 == 1 and stream:
-            rows1_stream(dim, out, b, table, indices[p0], one)
-        elif p1 - p0 == 1:
-            rows1_set(dim, out, b, table, indices[p0], one)
-        elif p1 <= p0:
-            for d in range(dim):
-                out[b, d] = 0.0
+        if p1 - p0 == 1:
+            rows1_write(dim, out, b, table, indices[p0], one, stream)
         else:
-            bag_rows(dim, out, b, table, indices, p0, p1)  # summed in registers
-            if mean:
+            bag_rows(dim, out, b, table, indices, p0, p1)  # in registers; empty bag: zeros
+            if mean and p1 > p0:
                 nf = np.float32(p1 - p0)
                 for d in range(dim):
                     out[b, d] /= nf
