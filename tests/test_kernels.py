@@ -107,6 +107,15 @@ def jagged(rng, nf, nb, max_len, pool):
 EDGE_IDS = [0, 1, -1, 3, 10, 99, -5, 7, I64_MIN, I64_MAX, 2**53 + 1, -(2**53) - 1, 2**32]
 
 
+def edge_batch(rng, nf, nb, one_hot, max_len):
+    """Edge-case ids, one per bag (``one_hot``) or 0..``max_len`` per bag."""
+    if not one_hot:
+        return jagged(rng, nf, nb, max_len, EDGE_IDS)
+    values = rng.choice(np.asarray(EDGE_IDS, dtype=np.int64), size=nf * nb)
+    offsets = np.arange(nf * nb, dtype=np.int64).reshape(nf, nb)
+    return values, np.concatenate([offsets, offsets[:, -1:] + 1], axis=1)
+
+
 def check(features, tokens, weights, vocab, values, offsets, parallel, **kw):
     plan = make_plan(features, tokens, weights, vocab)
     got = plan.lookup(values, offsets, parallel=parallel, **kw)
@@ -155,12 +164,7 @@ def test_every_k_and_width(parallel, dim, one_hot, nb):
     rng = np.random.default_rng(20 + dim)
     tokens, weights, vocab = tables(rng, dim=dim)
     features = every_k_features(rng)
-    if one_hot:
-        values = rng.choice(np.asarray(EDGE_IDS, dtype=np.int64), size=len(features) * nb)
-        offsets = np.arange(len(features) * nb + 1, dtype=np.int64)[:-1].reshape(-1, nb)
-        offsets = np.concatenate([offsets, offsets[:, -1:] + 1], axis=1)
-    else:
-        values, offsets = jagged(rng, len(features), nb, 3, EDGE_IDS)
+    values, offsets = edge_batch(rng, len(features), nb, one_hot, 3)
     check(features, tokens, weights, vocab, values, offsets, parallel)
 
 
@@ -374,12 +378,7 @@ def test_streamed_outputs_match_the_reference(always_stream, dim, one_hot, align
     tokens, weights, vocab = tables(rng, dim=dim)
     features = every_k_features(rng)
     nf, nb = len(features), 1100
-    if one_hot:
-        values = rng.choice(np.asarray(EDGE_IDS, dtype=np.int64), size=nf * nb)
-        offsets = np.arange(nf * nb + 1, dtype=np.int64)[:-1].reshape(nf, nb)
-        offsets = np.concatenate([offsets, offsets[:, -1:] + 1], axis=1)
-    else:
-        values, offsets = jagged(rng, nf, nb, 2, EDGE_IDS)
+    values, offsets = edge_batch(rng, nf, nb, one_hot, 2)
     plan = make_plan(features, tokens, weights, vocab)
     out = plan.empty_output(nb) if aligned else misaligned((nb, nf, dim))
     assert _alloc.streams(out, dim * 4) == (aligned and dim % 16 == 0)
