@@ -70,6 +70,38 @@ def prefetch(typingctx, arr, i, j):  # noqa: ARG001 (Numba's intrinsic signature
     return sig, codegen
 
 
+@intrinsic
+def data_address(typingctx, arr):  # noqa: ARG001
+    """The address of ``arr``'s first element, as an ``intp`` (for alignment checks)."""
+    if not isinstance(arr, types.Array):
+        return None
+    sig = types.intp(arr)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.ptrtoint(ary.data, context.get_value_type(types.intp))
+
+    return sig, codegen
+
+
+@intrinsic
+def address_as_pointer(typingctx, addr, dtype):  # noqa: ARG001
+    """``(dtype *) addr``: a raw address as a typed pointer, to view with ``numba.carray``.
+
+    Only for addresses of live, C-contiguous NumPy data of that dtype, kept alive by the caller
+    (``BagPlan`` holds the arrays whose addresses it hands its kernels).
+    """
+    if not isinstance(addr, types.Integer) or not isinstance(dtype, types.NumberClass):
+        return None
+    ptrty = types.CPointer(dtype.instance_type)
+    sig = ptrty(addr, dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(ptrty))
+
+    return sig, codegen
+
+
 # Vector width of the row updates: 16 float32 = one 64-byte cache line, one AVX-512 register.
 _VEC = 16
 LINE = 16  # float32 elements per 64-byte cache line: one prefetch per line of a row

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import _alloc
 from . import _bag_kernels as _k
-from ._alloc import empty_aligned, empty_output, streams
+from ._alloc import empty_aligned, empty_output
 from ._checks import require_array
 from .full_bag import full_bag_rows
 
@@ -40,12 +40,6 @@ __all__ = ["BagPlan", "FeatureTable", "full_bag_rows", "make_plan"]
 
 # Up to this many samples the serial kernel wins: a parallel launch costs ~1.5 us.
 SERIAL_MAX_BATCH = 64
-# Samples per tile. A tile is hashed, then pooled, feature by feature; its scratch (ids' rows and
-# weights) stays in L2. Measured on Zen 4, 2 threads, D=16 and 128, B=256..16384: 512 was within
-# 2% of the best of 64..1024 everywhere; 64 (the old cache-sized tiles) was 5-28% slower.
-_TILE = 512
-_I64 = np.dtype(np.int64)
-_F32 = np.dtype(np.float32)
 _OK = _k.OK
 
 
@@ -102,16 +96,30 @@ class BagPlan:
         self.tokens = tokens
         self.weights = weights
         self.vocab = vocab
+        # The kernels reach the tables through this handle of addresses (``_k.H_TOKENS``); the
+        # attributes above and these two keep the memory alive for as long as the plan.
         self._keys = keys
         self._meta = meta
-        # Rows of the per-tile scratch: the largest k (a full feature counts as k = 1).
-        self._max_k = max(1, int(meta[:, _k.K].max())) if len(features) else 1
-        self._kernels = _k.lookup_kernels(int(tokens.shape[1]))
-        self._serial_tile = self.tile(1, False)  # independent of the batch; ~1 us saved per call
-        self._entries: list = [None, None]  # compiled kernels, by ``parallel``
         self._nf = len(features)
         self._dim = int(tokens.shape[1])
-        self._tables = (tokens, weights, vocab, keys, meta)
+        handle = np.zeros(_k.HANDLE_LEN, dtype=np.int64)
+        for slot, arr in (
+            (_k.H_TOKENS, tokens),
+            (_k.H_WEIGHTS, weights),
+            (_k.H_VOCAB, vocab),
+            (_k.H_KEYS, keys),
+            (_k.H_META, meta),
+        ):
+            handle[slot] = arr.ctypes.data
+            handle[slot + 1] = arr.shape[0]
+        # Rows of the per-tile scratch: the largest k (a full feature counts as k = 1).
+        handle[_k.H_MAX_K] = max(1, int(meta[:, _k.K].max())) if len(features) else 1
+        handle[_k.H_STREAM_MIN] = _alloc.STREAM_MIN_BYTES
+        handle[_k.H_POOL] = numba.config.NUMBA_NUM_THREADS
+        self._handle = handle
+        # (serial, parallel) kernels, fetched on first use by ``_checked_lookup``: calling None
+        # raises the TypeError that sends the first call of each kind down that path.
+        self._kernels: list = [None, None]
 
     @property
     def num_features(self) -> int:
@@ -122,13 +130,6 @@ class BagPlan:
     def dim(self) -> int:
         """``D``, the embedding width."""
         return int(self.tokens.shape[1])
-
-    def tile(self, batch: int, parallel: bool) -> int:
-        """Samples per tile for a batch of ``batch`` samples (split over threads if parallel)."""
-        if parallel:
-            # Every thread gets work even when the batch is only a few tiles long.
-            return min(_TILE, max(1, -(-batch // numba.get_num_threads())))
-        return _TILE
 
     def empty_output(self, batch: int) -> np.ndarray:
         """An uninitialised ``[batch, F, D]`` float32 output for :meth:`lookup`, 64-byte aligned."""
@@ -166,94 +167,62 @@ class BagPlan:
             On a wrong dtype, shape or layout of ``values``/``offsets``/``out``, or offsets that
             are negative, decreasing or beyond ``len(values)``.
         """
-        nf = self._nf
-        try:
-            vflags, oflags = values.flags, offsets.flags
-            # ``carray`` (C-contiguous, aligned, writable) first: one flag for the usual case.
-            fast = (
-                values.dtype is _I64
-                and offsets.dtype is _I64
-                and values.ndim == 1
-                and offsets.ndim == 2
-                and (vflags.carray or vflags.c_contiguous and vflags.aligned)
-                and (oflags.carray or oflags.c_contiguous and oflags.aligned)
-            )
-        except AttributeError:  # not an array: the full check below says what was expected
-            fast = False
-        if not fast:
-            require_array(values, np.int64, 1, "values")
-            require_array(offsets, np.int64, 2, "offsets")
-        rows, cols = offsets.shape
-        nb = cols - 1
-        if nb < 0 or rows != nf:
-            raise ValueError(
-                f"offsets must have shape [F, B + 1] = [{nf}, B + 1] (one row per feature of "
-                f"the plan), got {offsets.shape}"
-            )
+        # The usual call is one dispatcher call: Numba types the four arrays in C and finds the
+        # one compiled signature (``_k.SIGNATURE``); the kernel checks shapes and offsets.
+        # Anything else (a wrong dtype or layout; the first call) raises TypeError, since the
+        # kernels never compile on the fly, and takes the checked path. ~1 us at B = 1 in all.
         if out is None:
-            out = empty_output((nb, nf, self._dim))
-        else:
-            try:
-                # carray: C-contiguous, aligned and writable.
-                fast &= out.dtype is _F32 and out.ndim == 3 and out.flags.carray
-            except AttributeError:
-                fast = False
-            if not fast:
-                require_array(out, np.float32, 3, "out")
-                if not out.flags.writeable:
-                    raise ValueError(
-                        "out must be a writable float32 array of shape [B, F, D]; pass out=None "
-                        "to allocate one"
-                    )
-        if parallel is None:
-            parallel = nb > SERIAL_MAX_BATCH
-        # The fast path calls the compiled code directly, skipping the dispatcher's typing of
-        # ten arguments (~0.5 us, most of it for the read-only tables); it is only taken for
-        # exactly the array types that code was compiled for. Anything else (unaligned ids, say)
-        # goes through the dispatcher, which compiles what it needs.
-        if fast:
-            kernel = self._entries[parallel] or self._entry(parallel)
-        else:
-            kernel = self._kernels[1 if parallel else 0]
-        # Streaming stores only pay for outputs too large to stay in cache (so, never serial).
-        stream = parallel and streams(out, self._dim * 4)
-        status = kernel(
-            values,
-            offsets,
-            *self._tables,
-            self.tile(nb, parallel) if parallel else self._serial_tile,
-            self._max_k,
-            stream,
-            out,
-        )
+            out = self._new_output(values, offsets)
+        try:
+            if parallel is None:
+                parallel = len(out) > SERIAL_MAX_BATCH
+            status = self._kernels[1 if parallel else 0](values, offsets, self._handle, out)
+        except TypeError:
+            status = self._checked_lookup(values, offsets, out, bool(parallel))
         if status != _OK:  # the kernels write nothing if shapes or offsets are bad
             self._raise(status, values, offsets, out)
         return out
 
-    def _entry(self, parallel: bool):
-        # The compiled kernel for C-contiguous aligned int64 ids and offsets, float32 output
-        # and this plan's tables, compiled (or loaded from the cache) on first use.
-        entry = self._entries[parallel]
-        if entry is None:
-            sig = (
-                numba.types.Array(numba.int64, 1, "C", readonly=True),
-                numba.types.Array(numba.int64, 2, "C", readonly=True),
-                numba.typeof(self.tokens),
-                numba.typeof(self.weights),
-                numba.typeof(self.vocab),
-                numba.typeof(self._keys),
-                numba.typeof(self._meta),
-                numba.int64,
-                numba.int64,
-                numba.boolean,
-                numba.types.Array(numba.float32, 3, "C"),
+    def _new_output(self, values: object, offsets: object) -> np.ndarray:
+        require_array(values, np.int64, 1, "values")
+        self._check_offsets_shape(require_array(offsets, np.int64, 2, "offsets"))
+        return empty_output((offsets.shape[1] - 1, self._nf, self._dim))
+
+    def _check_offsets_shape(self, offsets: np.ndarray) -> None:
+        if offsets.shape[0] != self._nf or offsets.shape[1] < 1:
+            raise ValueError(
+                f"offsets must have shape [F, B + 1] = [{self._nf}, B + 1] (one row per feature "
+                f"of the plan), got {offsets.shape}"
             )
-            entry = self._kernels[1 if parallel else 0].compile(sig)
-            self._entries[parallel] = entry
-        return entry
+
+    def _checked_lookup(self, values: object, offsets: object, out: object, parallel: bool) -> int:
+        # The slow path: say what is wrong with the arguments, or compile the kernel (first
+        # call for this D in the process; loads from Numba's cache when it can) and run it on
+        # arrays of exactly the compiled types (copies for unaligned ones, say).
+        values = require_array(values, np.int64, 1, "values")
+        offsets = require_array(offsets, np.int64, 2, "offsets")
+        self._check_offsets_shape(offsets)
+        out = require_array(out, np.float32, 3, "out")
+        if not out.flags.writeable:
+            raise ValueError(
+                "out must be a writable float32 array of shape [B, F, D]; pass out=None to "
+                "allocate one"
+            )
+        kernel = self._kernels[parallel] = _k.compiled_lookup_kernel(self._dim, parallel)
+        if not values.flags.aligned:
+            values = np.array(values)  # a copy is aligned
+        if not offsets.flags.aligned:
+            offsets = np.array(offsets)
+        if out.flags.aligned and type(out) is np.ndarray:
+            return kernel(values, offsets, self._handle, out)
+        tmp = np.empty(out.shape, np.float32)
+        status = kernel(values, offsets, self._handle, tmp)
+        out[...] = tmp
+        return status
 
     def _raise(self, status: int, values: np.ndarray, offsets: np.ndarray, out: np.ndarray):
         if status == _k.BAD_SHAPE:
+            self._check_offsets_shape(offsets)
             shape = (offsets.shape[1] - 1, self.num_features, self.dim)
             raise ValueError(
                 f"out must be a writable float32 array of shape [B, F, D] = {shape}, got "

@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from memrec_infer.kernels import _alloc
+from memrec_infer.kernels import _alloc, _bag_kernels
 from memrec_infer.kernels.bags import FeatureTable, full_bag_rows, make_plan
 from memrec_infer.kernels.hashing import draw_seeds
 from memrec_infer.kernels.ids import NULL_ID
@@ -194,8 +194,7 @@ def test_many_samples_cross_tiles(parallel):
     tokens, weights, vocab = tables(rng, dim=16)
     features = mixed_features(rng)
     values, offsets = jagged(rng, len(features), 700, 2, EDGE_IDS + list(range(50)))
-    plan = make_plan(features, tokens, weights, vocab)
-    assert -(-700 // plan.tile(700, parallel)) > 1
+    assert 700 > _bag_kernels.TILE  # tiles hold at most TILE samples (fewer, in parallel)
     check(features, tokens, weights, vocab, values, offsets, parallel)
 
 
@@ -326,9 +325,9 @@ def test_small_batches_of_k2_features_only(parallel, nb):
 
 
 @pytest.mark.parametrize("parallel", PARALLEL)
-def test_unaligned_ids_take_the_dispatcher_and_agree(parallel):
-    # Ids that are not aligned (e.g. sliced out of a byte buffer) miss the direct call of the
-    # compiled kernel; the dispatcher path must give the same result.
+def test_unaligned_ids_take_the_checked_path_and_agree(parallel):
+    # Ids that are not aligned (e.g. sliced out of a byte buffer) do not match the compiled
+    # signature; the checked path (an aligned copy) must give the same result.
     rng = np.random.default_rng(21)
     tokens, weights, vocab = tables(rng)
     features = mixed_features(rng)
@@ -340,6 +339,10 @@ def test_unaligned_ids_take_the_dispatcher_and_agree(parallel):
     got = check(features, tokens, weights, vocab, unaligned, offsets, parallel)
     plan = make_plan(features, tokens, weights, vocab)
     np.testing.assert_array_equal(got, plan.lookup(values, offsets, parallel=parallel))
+    out = np.zeros(got.nbytes + 1, np.uint8)[1:].view(np.float32).reshape(got.shape)
+    assert not out.flags.aligned
+    assert plan.lookup(values, offsets, out=out, parallel=parallel) is out
+    np.testing.assert_array_equal(out, got)
 
 
 def test_dispatcher_picks_serial_for_small_and_parallel_for_large_batches():
@@ -351,6 +354,26 @@ def test_dispatcher_picks_serial_for_small_and_parallel_for_large_batches():
         auto = plan.lookup(values, offsets)
         for parallel in PARALLEL:
             np.testing.assert_array_equal(auto, plan.lookup(values, offsets, parallel=parallel))
+
+
+def test_lookup_kernels_hold_one_signature_whatever_they_are_called_with():
+    # Every call, odd arguments included, runs the one compiled signature or is refused: a
+    # kernel that compiled on the fly for float ids would read their bits as integers.
+    rng = np.random.default_rng(10)
+    tokens, weights, vocab = tables(rng)
+    plan = make_plan(mixed_features(rng), tokens, weights, vocab)
+    values, offsets = jagged(rng, 7, 100, 2, EDGE_IDS)
+    for parallel in PARALLEL:
+        want = plan.lookup(values, offsets, parallel=parallel)
+        readonly = values.copy()
+        readonly.flags.writeable = False
+        np.testing.assert_array_equal(plan.lookup(readonly, offsets, parallel=parallel), want)
+        with pytest.raises(ValueError, match="values must be a int64"):
+            plan.lookup(values.astype(np.uint64), offsets, parallel=parallel)
+        with pytest.raises(ValueError, match="offsets must be a int64"):
+            plan.lookup(values, offsets.astype(np.int32), parallel=parallel)
+    for kernel in _bag_kernels.lookup_kernels(8):
+        assert kernel.signatures == [_bag_kernels.SIGNATURE]
 
 
 # ---------------------------------------------------------------- streaming stores
