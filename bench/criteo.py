@@ -117,13 +117,17 @@ class Bags:
     ``rows``/``offsets`` are feature-major (our kernels: ``offsets`` is ``[F, B + 1]``,
     absolute). ``fused_rows``/``fused_offsets`` are sample-major bags ``(b, f)`` with rows
     shifted into one stacked table, so a single ``EmbeddingBag`` returns ``[B * F, D]`` =
-    ``[B, F, D]``; ``fused_offsets`` has ``B * F + 1`` entries.
+    ``[B, F, D]``; ``fused_offsets`` has ``B * F + 1`` entries. ``table_rows``/``table_offsets``
+    are the same bags table-major ``(f, b)``, rows shifted into the stacked table: what the
+    per-table modules see, as one call returning ``[F * B, D]`` = ``[F, B, D]``.
     """
 
     rows: np.ndarray
     offsets: np.ndarray
     fused_rows: np.ndarray
     fused_offsets: np.ndarray
+    table_rows: np.ndarray
+    table_offsets: np.ndarray
 
     @property
     def batch(self) -> int:
@@ -161,7 +165,9 @@ def make_bags(
     pos = np.repeat(starts - fused_offsets[:-1], lens) + np.arange(rows.shape[0])
     shift = np.repeat(np.tile(base, batch), lens)
     fused_rows = rows[pos] + shift
-    return Bags(rows, offsets, fused_rows, fused_offsets)
+    table_rows = rows + np.repeat(base, per_feature)
+    table_offsets = np.append(offsets[:, :-1].ravel(), offsets[-1, -1])
+    return Bags(rows, offsets, fused_rows, fused_offsets, table_rows, table_offsets)
 
 
 def kaggle_dlrm_config(

@@ -73,8 +73,11 @@ def combine(workers: list[dict]) -> list[dict]:
             if "gather_l2" in c:  # the same rows as MEM-REC gathers, from an L2-resident table
                 rec["l2_rows_per_s"] = row["ids"] * k / (c["gather_l2"]["p50_us"] * 1e-6)
             if "full_kernel" in c:
-                rec["full_us"] = c["full_kernel"]["p50_us"]
-                rec["full_ratio"] = best / c["full_kernel"]["p50_us"]
+                # Our faster layout, as torch's: sample-major (fused) or table-major bags.
+                rec["full_fused_us"] = c["full_kernel"]["p50_us"]
+                rec["full_tables_us"] = c.get("full_kernel_tables", c["full_kernel"])["p50_us"]
+                rec["full_us"] = min(rec["full_fused_us"], rec["full_tables_us"])
+                rec["full_ratio"] = best / rec["full_us"]
             p = plain_rows.get(_key(row))
             if p is not None:
                 _, pbest = strongest(p, plain["rows"])
@@ -294,19 +297,23 @@ def markdown(info: dict, settings: dict, workers: list[dict]) -> str:
             )
     md += ["", "## Benchmark 2: our full-table kernel vs torch.nn.EmbeddingBag", ""]
     md += [
-        "`full_bag_rows` on the stacked table, the same bags as torch fused (index checks "
-        "included, as every call pays them). *ratio* = strongest torch / ours (>= 1: ours "
-        "faster; the goal is >= 0.91).",
+        "`full_bag_rows` on the stacked table, the same bags as torch in both of its layouts: "
+        "sample-major (as torch fused) and table-major in one call (as torch per-table), index "
+        "checks included, as every call pays them. As for torch, each side's faster layout "
+        "counts: *ratio* = strongest torch / our faster layout (>= 1: ours faster; the goal is "
+        ">= 0.91).",
         "",
-        "| D | ids | bags | threads | B | ours | strongest torch | ratio |",
-        "|---|---|---|---|---|---|---|---|",
+        "| D | ids | bags | threads | B | ours sample-major | ours table-major | strongest torch "
+        "| ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in recs:
         if "full_ratio" in r:
             best = r["strongest_us"]
             md.append(
                 f"| {r['dim']} | {r['dist']} | {r['hot']} | {r['threads']} | {r['batch']} | "
-                f"{_f(r['full_us'])} | {_f(best)} | **{r['full_ratio']:.2f}** |"
+                f"{_f(r['full_fused_us'])} | {_f(r['full_tables_us'])} | {_f(best)} | "
+                f"**{r['full_ratio']:.2f}** |"
             )
     md += ["", "## Benchmark 4: the machine's gather rates and MEM-REC's share of them", ""]
     md += [

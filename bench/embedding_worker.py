@@ -9,7 +9,10 @@ once at start-up. Everything compared in one ratio is measured here, interleaved
 - ``torch_tables``: one ``torch.nn.EmbeddingBag(mode="sum")`` per table, as DLRM does;
 - ``torch_fused``: one ``EmbeddingBag`` over the 26 tables stacked, sample-major bags
   (its output ``[B * F, D]`` is ``[B, F, D]``);
-- ``full_kernel``: our :func:`full_bag_rows` on the same stacked table and bags.
+- ``full_kernel``: our :func:`full_bag_rows` on the same stacked table and bags, sample-major
+  (as ``torch_fused``);
+- ``full_kernel_tables``: the same, the bags table-major in one call (as ``torch_tables``, whose
+  outputs stacked are its ``[F * B, D]``).
 
 Both torch layouts share one weight tensor (the per-table modules hold views of it), and our
 full-table kernel reads the same memory, so all three full-table contenders see the same pages.
@@ -115,6 +118,10 @@ def contenders(torch, plan, tables, fused, weight_np, bags: Bags, full: bool) ->
         calls["full_kernel"] = lambda: full_bag_rows(
             bags.fused_rows, bags.fused_offsets, weight_np, out=out_full
         )
+        out_tables = empty_aligned((nf * nb, dim))
+        calls["full_kernel_tables"] = lambda: full_bag_rows(
+            bags.table_rows, bags.table_offsets, weight_np, out=out_tables
+        )
 
     return calls
 
@@ -127,6 +134,8 @@ def check_same_sums(torch, calls: dict, bags: Bags) -> None:
     np.testing.assert_allclose(tables, fused, rtol=1e-5, atol=1e-5)
     if "full_kernel" in calls:
         ours = calls["full_kernel"]().reshape(nb, nf, -1)
+        np.testing.assert_allclose(ours, fused, rtol=1e-5, atol=1e-5)
+        ours = calls["full_kernel_tables"]().reshape(nf, nb, -1).transpose(1, 0, 2)
         np.testing.assert_allclose(ours, fused, rtol=1e-5, atol=1e-5)
 
 
