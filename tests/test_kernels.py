@@ -487,6 +487,12 @@ def test_full_bag_rows_finds_bad_input_in_any_tile(parallel, dim):
         full_bag_rows(np.zeros(2000, np.int64), offsets + 1, table, parallel=parallel)
     empty = full_bag_rows(np.zeros(0, np.int64), np.zeros(1, np.int64), table, parallel=parallel)
     assert empty.shape == (0, dim)
+    # Indices past the last bag are never read, so they are no error (prefetching runs ahead
+    # of the bags, but stops at the batch's last index).
+    indices = np.zeros(2100, np.int64)
+    indices[2000:] = -1
+    got = full_bag_rows(indices, offsets, table, parallel=parallel)
+    np.testing.assert_array_equal(got, np.ones((2000, dim), np.float32))
 
 
 # ---------------------------------------------------------------- validation
