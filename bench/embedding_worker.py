@@ -29,15 +29,15 @@ import numba
 import numpy as np
 from criteo import Bags, make_bags, memrec_sizes
 from gather_rate import gather_call, resident_table, write_call
-from machine import meminfo_bytes
+from machine import cache_bytes, meminfo_bytes
 from timing import measure, summary
 
 from memrec_infer.kernels._alloc import empty_aligned
 from memrec_infer.kernels.bags import BagPlan, FeatureTable, full_bag_rows, make_plan
 from memrec_infer.kernels.hashing import draw_seeds
 
-# The L2-resident reference table: half of a Zen 4 core's 1 MiB L2.
-L2_TABLE_BYTES = 512 << 10
+# The L2-resident reference table: half of a core's L2 (Zen 3: 512 KiB, Zen 4: 1 MiB).
+L2_TABLE_BYTES = (cache_bytes(2) or 1 << 20) // 2
 # Headroom left free besides the full tables: batches, outputs, torch's own allocations.
 _HEADROOM = 3 * 2**30
 
@@ -208,7 +208,7 @@ def gather_rates(settings: dict, dram_table: np.ndarray, token_bytes: int) -> li
     bags = settings["gather_bags"]
     tables = [
         ("L1-resident (16 KiB)", resident_table(16 << 10, dim)),
-        ("L2-resident (512 KiB)", resident_table(L2_TABLE_BYTES, dim)),
+        (f"L2-resident ({L2_TABLE_BYTES >> 10} KiB)", resident_table(L2_TABLE_BYTES, dim)),
         (f"token-table size ({token_bytes / 2**20:.1f} MiB, L3)", resident_table(token_bytes, dim)),
         (f"DRAM (full tables, {dram_table.nbytes / 2**30:.1f} GiB)", dram_table),
     ]

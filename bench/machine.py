@@ -36,11 +36,29 @@ def meminfo_bytes(field: str) -> int | None:
 
 
 def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo``."""
+    """The CPU's model name from ``/proc/cpuinfo``, with its family/model numbers and widest
+    vector extension (a VM's model name may not say which generation it is)."""
+    fields: dict[str, str] = {}
     for line in _read("/proc/cpuinfo", "").splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or "unknown"
+    if "cpu family" not in fields:
+        return name
+    flags = set(fields.get("flags", "").split())
+    vec = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{name} (family {fields['cpu family']}, model {fields.get('model', '?')}, {vec})"
+
+
+def cache_bytes(level: int) -> int | None:
+    """Size in bytes of CPU 0's level-``level`` data (or unified) cache, None if unknown."""
+    for idx in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        if _read(idx / "level") == str(level) and _read(idx / "type") != "Instruction":
+            size = _read(idx / "size")
+            units = {"K": 2**10, "M": 2**20}
+            if size[-1:] in units and size[:-1].isdigit():
+                return int(size[:-1]) * units[size[-1]]
+    return None
 
 
 def caches() -> str:

@@ -196,6 +196,47 @@ def _hash_ids_k2(vals, weights, keys, meta, f, n, hb, ab):
 
 
 @numba.njit(inline="always", **JIT)
+def _hash_rows_k2(vals, keys, meta, f, n, hb):
+    # The four hashes of ``_hash_ids_k2`` alone: token rows in ``hb[0:2]``, the weight rows'
+    # first elements in ``hb[2:4]``; the weights are gathered where they are used
+    # (``_pool_one_hot_k2``), not stored to a scratch row and loaded again.
+    toff = meta[f, TOKEN_OFFSET]
+    m = np.uint64(meta[f, ROWS]) & np.uint64(0xFFFFFFFF)  # m < 2**31, see _hash_ids_k2
+    ts = meta[f, TOKEN_SEED]
+    t0a, t0b, t0c = keys[ts, 0], keys[ts, 1], keys[ts, 2]
+    t1a, t1b, t1c = keys[ts + 1, 0], keys[ts + 1, 1], keys[ts + 1, 2]
+    woff = meta[f, WEIGHT_OFFSET]
+    mw = np.uint64(meta[f, WEIGHT_ROWS]) & np.uint64(0xFFFFFFFF)
+    cols = meta[f, WEIGHT_COLS]
+    ws = meta[f, WEIGHT_SEED]
+    w0a, w0b, w0c = keys[ws, 0], keys[ws, 1], keys[ws, 2]
+    w1a, w1b, w1c = keys[ws + 1, 0], keys[ws + 1, 1], keys[ws + 1, 2]
+    for i in range(n):
+        x = vals[i]
+        hb[0, i] = toff + bucket_keyed(x, t0a, t0b, t0c, m)
+        hb[1, i] = toff + bucket_keyed(x, t1a, t1b, t1c, m)
+        hb[2, i] = woff + bucket_keyed(x, w0a, w0b, w0c, mw) * cols
+        hb[3, i] = woff + bucket_keyed(x, w1a, w1b, w1c, mw) * cols
+
+
+@numba.njit(inline="always", **JIT)
+def _pool_one_hot_k2(tokens, weights, meta, f, b0, n, hb, out, dim, stream):
+    # ``_pool_one_hot`` for a k = k_w = 2 feature hashed by ``_hash_rows_k2``: alpha from the
+    # weight rows, then z(x) straight into the output row.
+    nf = meta.shape[0]
+    second = 1 if meta[f, WEIGHT_COLS] == 2 else 0  # column of alpha_2 (scalar weight: 0)
+    for i in range(n):
+        for d in range(0, dim, LINE):
+            prefetch(tokens, hb[0, i + PREFETCH_AHEAD], d)
+            prefetch(tokens, hb[1, i + PREFETCH_AHEAD], d)
+        g0 = hb[2, i]
+        g1 = hb[3, i]
+        w0 = weights[g0] + weights[g1]
+        w1 = weights[g0 + second] + weights[g1 + second]
+        rows2_write(dim, out, (b0 + i) * nf + f, tokens, hb[0, i], w0, hb[1, i], w1, stream)
+
+
+@numba.njit(inline="always", **JIT)
 def _one_hot(offsets, f, b0, b1):
     # True if every bag (f, b0..b1) holds exactly one id (branch-free scan, vectorises).
     bad = 0
@@ -375,11 +416,19 @@ def _tile_one_hot(
     # of :func:`_tile` without its per-feature branches, which cost ~15% at D = 16.
     n = b1 - b0
     for f in range(meta.shape[0]):
-        _hash_ids(values, weights, vocab, keys, meta, f, offsets[f, b0], n, hb, ab)
+        p0 = offsets[f, b0]
+        k2 = meta[f, KIND] == KIND_MEMREC and meta[f, K] == 2 and meta[f, KW] == 2
+        if k2:
+            _hash_rows_k2(values[p0 : p0 + n], keys, meta, f, n, hb)
+        else:
+            _hash_ids(values, weights, vocab, keys, meta, f, p0, n, hb, ab)
         for j in range(hb.shape[0]):
             for i in range(n, n + PREFETCH_AHEAD):
                 hb[j, i] = meta[f, TOKEN_OFFSET]
-        _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim, stream)
+        if k2:
+            _pool_one_hot_k2(tokens, weights, meta, f, b0, n, hb, out, dim, stream)
+        else:
+            _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim, stream)
 
 
 @numba.njit(inline="always", **JIT)
@@ -449,6 +498,7 @@ def tile_one_hot(
     values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, stream
 ):
     numba.literally(dim)
+    numba.literally(stream)
     _tile_one_hot(
         values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, stream
     )
@@ -460,9 +510,15 @@ def _pool_tile(
 ):
     # One tile of either lookup kernel: the lean loop when every bag holds one id.
     if b1 - b0 > DIRECT_MAX and _tile_all_one_hot(offsets, b0, b1):
-        tile_one_hot(
-            values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, stream
-        )
+        # ``stream`` as a constant: one compiled loop per store policy, no branch per row.
+        if stream:
+            tile_one_hot(
+                values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, True
+            )
+        else:
+            tile_one_hot(
+                values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, False
+            )
     else:
         _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, stream)
     if stream:
