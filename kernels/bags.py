@@ -165,7 +165,8 @@ class BagPlan:
         ------
         ValueError
             On a wrong dtype, shape or layout of ``values``/``offsets``/``out``, or offsets that
-            are negative, decreasing or beyond ``len(values)``.
+            are negative, decreasing or beyond ``len(values)`` (then a given ``out`` may have
+            been partly overwritten).
         """
         # The usual call is one dispatcher call: Numba types the four arrays in C and finds the
         # one compiled signature (``_k.SIGNATURE``); the kernel checks shapes and offsets.
@@ -179,7 +180,7 @@ class BagPlan:
             status = self._kernels[1 if parallel else 0](values, offsets, self._handle, out)
         except TypeError:
             status = self._checked_lookup(values, offsets, out, bool(parallel))
-        if status != _OK:  # the kernels write nothing if shapes or offsets are bad
+        if status != _OK:  # nothing was read out of bounds; ``out`` is not to be used
             self._raise(status, values, offsets, out)
         return out
 

@@ -566,3 +566,33 @@ def test_lookup_rejects_bad_values_offsets_and_out():
         plan.lookup(np.repeat(values, 2)[::2], offsets)
     with pytest.raises(ValueError, match="offsets must be a int64"):
         plan.lookup(values, offsets.tolist())
+
+
+@pytest.mark.parametrize("parallel", PARALLEL)
+@pytest.mark.parametrize("one_hot", [True, False])
+def test_lookup_finds_bad_offsets_in_any_tile(parallel, one_hot):
+    # The parallel kernel checks offsets tile by tile: a bad entry deep in the batch, at a
+    # tile's edge, or at either end of a row must still be found, with nothing read out of
+    # bounds.
+    rng = np.random.default_rng(13)
+    plan = make_plan(*valid_parts(rng))
+    values, offsets = edge_batch(rng, 7, 2000, one_hot, 3)
+    n = len(values)
+    edits = [
+        ((3, 1500), offsets[3, 1499] - 1),  # decreasing, deep inside
+        ((5, 512), offsets[5, 511] - 1),  # at a tile boundary
+        ((0, 0), -1),  # negative start
+        ((6, 2000), n + 1),  # past the end of values
+        ((2, 1000), n + 5),  # past the end mid-row (and then decreasing)
+    ]
+    for (f, b), value in edits:
+        bad = offsets.copy()
+        bad[f, b] = value
+        with pytest.raises(ValueError, match=rf"offsets\[{f}\] must be non-decreasing"):
+            plan.lookup(values, bad, parallel=parallel)
+    np.testing.assert_allclose(
+        plan.lookup(values, offsets, parallel=parallel),
+        ref_lookup(plan.features, plan.tokens, plan.weights, plan.vocab, values, offsets),
+        rtol=1e-5,
+        atol=1e-5,
+    )
