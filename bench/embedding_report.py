@@ -211,7 +211,7 @@ def markdown(info: dict, settings: dict, workers: list[dict]) -> str:
         "`THP_MEM_ALLOC_ENABLE=1`. *Default torch* = the same in a second "
         "process without it, with its own MEM-REC timings for the ratio.",
         "- MEM-REC (`BagPlan.lookup`, as the engine runs it: output preallocated and 64-byte "
-        "aligned, so outputs of 16 MiB or more are streamed; token tables in transparent huge "
+        "aligned, so outputs of 12 MiB or more are streamed; token tables in transparent huge "
         "pages): all 26 features in one call; token tables sized by water-filling a budget of "
         f"{settings['budget_bytes'] / 2**20:.0f} MiB (small tables keep one row per value).",
         "- Our full-table kernel (`full_bag_rows`) reads torch's own table memory and writes a "
@@ -318,7 +318,7 @@ def markdown(info: dict, settings: dict, workers: list[dict]) -> str:
     md += ["", "## Benchmark 4: the machine's gather rates and MEM-REC's share of them", ""]
     md += [
         "Random rows summed in bags of k, precomputed indices, with the kernel's Numba flags, "
-        "vector row updates and store policy (streaming stores when the output is 16 MiB or "
+        "vector row updates and store policy (streaming stores when the output is 12 MiB or "
         f"more); {settings['gather_bags']:,} bags per call.",
         "",
         "| D | threads | table | Mrows/s | GB/s |",

@@ -18,10 +18,13 @@ import numpy as np
 LINE_BYTES = 64
 # Outputs at least this large are written with streaming stores: a larger output no longer stays
 # in the 32 MiB L3 next to the tables, and its stores would evict the token rows being gathered.
-# Measured on Zen 4, 2 threads, side by side: streaming took 0.68x the time at D=16 B=16384
-# (27 MB) and 0.73x at D=128 B=4096 (54 MB), but 1.3x at D=16 B=4096 (7 MB) and 1.4x at D=128
-# B=1024 (14 MB), where the output still fits; between 8 and 16 MB it went either way.
-STREAM_MIN_BYTES = 16 << 20
+# Measured side by side (same process, the threshold the only change). Zen 4 VM, 2 threads:
+# streaming took 0.68x the time at D=16 B=16384 (27 MB) and 0.73x at D=128 B=4096 (54 MB), but
+# 1.3x at D=16 B=4096 (7 MB) and 1.4x at D=128 B=1024 (14 MB); 8-16 MB went either way. Zen 3
+# VM (L3 shared with other tenants), MEM-REC lookups: 13 MiB outputs (D=128 B=1024, D=16
+# B=8192) 1.13-2.1x faster streamed on 1 and 2 threads, 6.5 MiB ones 0.56-1.67x; the full-table
+# kernel at 13 MiB 1.19-1.62x, except D=128 on 2 threads (0.82x). 12 MiB takes the clear wins.
+STREAM_MIN_BYTES = 12 << 20
 
 
 def empty_aligned(shape: tuple[int, ...], dtype: np.dtype | type = np.float32) -> np.ndarray:
