@@ -226,7 +226,7 @@ def _pool_one_hot_k2(tokens, weights, meta, f, b0, n, hb, out, dim, stream):
 def _one_hot(offsets, f, b0, b1):
     # True if every bag (f, b0..b1) holds exactly one id (branch-free scan, vectorises).
     bad = 0
-    row = offsets[f, b0 : b1 + 1]  # indexed from 0, see ``_tile_all_one_hot``
+    row = offsets[f, b0 : b1 + 1]  # indexed from 0, see ``_tile_offsets``
     for i in range(b1 - b0):
         bad |= row[i + 1] - row[i] - 1
     return bad == 0
@@ -419,8 +419,9 @@ def _tile_one_hot(
 
 @numba.njit(inline="always", **JIT)
 def _tile_offsets(offsets, b0, b1, n):
-    # One scan of the tile's offsets[f, b0..b1]: (all non-decreasing within [0, n], every bag
-    # of exactly one id). Branch-free and vectorised, rows indexed from 0 (see below).
+    # One scan of every feature's offsets[f, b0..b1]: (all non-decreasing within [0, n], every
+    # bag of exactly one id). Branch-free and vectorised: rows are sliced and indexed from 0, so
+    # Numba adds no negative-index fix-up (with ``offsets[f, b]`` it cost ~1 ns per id at D=16).
     bad = False
     many = 0
     for f in range(offsets.shape[0]):
@@ -434,38 +435,12 @@ def _tile_offsets(offsets, b0, b1, n):
 
 
 @numba.njit(inline="always", **JIT)
-def _tile_all_one_hot(offsets, b0, b1):
-    # True if every bag (f, b) of the tile holds exactly one id (branch-free, vectorises).
-    bad = 0
-    for f in range(offsets.shape[0]):
-        # Rows sliced and indexed from 0, as in ``_hash_ids``: no negative-index fix-up, so
-        # the loop vectorises (with ``offsets[f, b]`` it cost ~1 ns per id at D = 16).
-        row = offsets[f, b0 : b1 + 1]
-        for i in range(b1 - b0):
-            bad |= row[i + 1] - row[i] - 1
-    return bad == 0
-
-
-@numba.njit(inline="always", **JIT)
 def _tile_ids(offsets, b0, b1):
     # Scratch length for a tile: its largest number of ids in one feature (at least 1).
     cap = 1
     for f in range(offsets.shape[0]):
         cap = max(cap, offsets[f, b1] - offsets[f, b0])
     return cap
-
-
-@numba.njit(inline="always", **JIT)
-def _offsets_ok(offsets, b0, b1, n):
-    # Every feature's offsets[f, b0..b1] non-decreasing within [0, n]; branch-free, vectorises
-    # (rows indexed from 0, see ``_tile_all_one_hot``).
-    bad = False
-    for f in range(offsets.shape[0]):
-        row = offsets[f, b0 : b1 + 1]
-        bad |= (row[0] < 0) | (row[b1 - b0] > n)
-        for i in range(b1 - b0):
-            bad |= row[i + 1] < row[i]
-    return not bad
 
 
 @numba.njit(inline="always", **JIT)
@@ -495,7 +470,7 @@ def _status(values, offsets, meta, out, dim):
     # Shapes first, then the offsets' values.
     if not _shapes_ok(offsets, meta, out, dim):
         return BAD_SHAPE
-    if not _offsets_ok(offsets, 0, out.shape[0], values.shape[0]):
+    if not _tile_offsets(offsets, 0, out.shape[0], values.shape[0])[0]:
         return BAD_OFFSETS
     return OK
 
@@ -587,7 +562,7 @@ def _make_lookup_kernels(dim: int):
         ab = np.empty((max_k, cap), np.float32)
         for b0 in range(0, nb, TILE):
             b1 = min(nb, b0 + TILE)
-            one_hot = _tile_all_one_hot(offsets, b0, b1)
+            one_hot = _tile_offsets(offsets, b0, b1, values.shape[0])[1]
             _pool_tile(
                 values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim,
                 False, one_hot,
