@@ -25,11 +25,14 @@ from ._intrinsics import (
     data_address,
     prefetch,
     rows1_add,
+    rows1_set,
     rows1_write,
     rows2_set,
     rows2_write,
     rows3_set,
+    rows3_write,
     rows4_set,
+    rows4_write,
     store_fence,
 )
 from .hashing import bucket_keyed
@@ -68,10 +71,11 @@ H_KEYS = 6  # address of keys, uint64 [H_KEY_ROWS, 3]
 H_KEY_ROWS = 7
 H_META = 8  # address of meta, int64 [H_FEATURES, META_COLS]
 H_FEATURES = 9
-H_MAX_K = 10  # largest k of the plan, >= 1 (rows of the per-tile scratch)
+H_MAX_K = 10  # largest k of the plan, >= 1 (rows of the per-tile weights scratch)
 H_STREAM_MIN = 11  # outputs of at least this many bytes may be streamed (``_alloc``)
 H_POOL = 12  # threads in Numba's pool (``NUMBA_NUM_THREADS``), for tile sizes
-HANDLE_LEN = 13
+H_MAX_HASHES = 13  # largest k + k_w of the plan, >= 4 (rows of the per-tile hash scratch)
+HANDLE_LEN = 14
 
 # Status codes of the lookup kernels.
 OK = 0
@@ -108,8 +112,11 @@ def vocab_row(vocab, lo, n, x):
 # Ids whose rows are prefetched ahead of the one being pooled: enough to cover an L3 (token
 # rows) or DRAM (full rows) latency with a few bags' worth of work, few enough to stay in L1.
 PREFETCH_AHEAD = 8
-# Tiles of at most this many samples skip the two phases (see ``_direct_k2``).
+# Tiles of at most this many samples skip the two phases (see ``_direct``).
 DIRECT_MAX = 8
+# The direct path and the one-hot row writes are unrolled up to this k.
+UNROLLED_K = 4
+_MASK32 = np.uint64(0xFFFFFFFF)
 
 
 @numba.njit(inline="always", **JIT)
@@ -134,43 +141,60 @@ def _hash_ids(values, weights, vocab, keys, meta, f, p0, n, hb, ab):
     if meta[f, K] == 2 and meta[f, KW] == 2:
         _hash_ids_k2(vals, weights, keys, meta, f, n, hb, ab)
         return
-    m = np.uint64(meta[f, ROWS])
+    _hash_rows(vals, keys, meta, f, n, hb)
+    _alphas(weights, meta, f, n, hb, ab)
+
+
+@numba.njit(inline="always", **JIT)
+def _hash_rows(vals, keys, meta, f, n, hb):
+    # Any k and k_w: token rows in ``hb[0:k]``, the weight rows' first elements in
+    # ``hb[k:k+k_w]``, one loop per hash function. The loops store integers only, so each
+    # vectorises (see ``_hash_rows_k2``); the weights are gathered afterwards (``_alphas``).
+    k = meta[f, K]
+    toff = meta[f, TOKEN_OFFSET]
+    m = np.uint64(meta[f, ROWS]) & _MASK32  # m < 2**31 (see ``_hash_rows_k2``)
     ts = meta[f, TOKEN_SEED]
-    for j in range(meta[f, K]):
+    for j in range(k):
         a0, a1, c = keys[ts + j, 0], keys[ts + j, 1], keys[ts + j, 2]
+        row = hb[j]
         for i in range(n):
-            hb[j, i] = toff + bucket_keyed(vals[i], a0, a1, c, m)
+            row[i] = toff + bucket_keyed(vals[i], a0, a1, c, m)
     woff = meta[f, WEIGHT_OFFSET]
-    mw = np.uint64(meta[f, WEIGHT_ROWS])
+    mw = np.uint64(meta[f, WEIGHT_ROWS]) & _MASK32
     cols = meta[f, WEIGHT_COLS]
     ws = meta[f, WEIGHT_SEED]
-    # alpha = W[g_1] + W[g_2] + ... in hash order (spec section 3): assign, then add.
     for g in range(meta[f, KW]):
         a0, a1, c = keys[ws + g, 0], keys[ws + g, 1], keys[ws + g, 2]
-        if cols == 1:
-            if g == 0:
-                for i in range(n):
-                    ab[0, i] = weights[woff + bucket_keyed(vals[i], a0, a1, c, mw)]
-            else:
-                for i in range(n):
-                    ab[0, i] += weights[woff + bucket_keyed(vals[i], a0, a1, c, mw)]
-        else:
+        row = hb[k + g]
+        for i in range(n):
+            row[i] = woff + bucket_keyed(vals[i], a0, a1, c, mw) * cols
+
+
+@numba.njit(inline="always", **JIT)
+def _alphas(weights, meta, f, n, hb, ab):
+    # ``ab[j, i] = alpha_j`` of id i from the weight rows that ``_hash_rows`` left in
+    # ``hb[k:k+k_w]``: W[g_1] + W[g_2] + ... in hash order (spec section 3), one column of the
+    # weight rows at a time (a scalar weight has one column, alpha_0).
+    k = meta[f, K]
+    kw = meta[f, KW]
+    for j in range(meta[f, WEIGHT_COLS]):
+        a = ab[j]
+        first = hb[k]
+        for i in range(n):
+            a[i] = weights[first[i] + j]
+        for g in range(1, kw):
+            rows = hb[k + g]
             for i in range(n):
-                r = woff + bucket_keyed(vals[i], a0, a1, c, mw) * cols
-                if g == 0:
-                    for j in range(cols):
-                        ab[j, i] = weights[r + j]
-                else:
-                    for j in range(cols):
-                        ab[j, i] += weights[r + j]
+                a[i] += weights[rows[i] + j]
 
 
 @numba.njit(inline="always", **JIT)
 def _hash_rows_k2(vals, keys, meta, f, n, hb):
-    # k = k_w = 2 (the default). All four hashes of an id in one loop that writes integers only,
-    # so it vectorises (64-bit multiplies): token rows in ``hb[0:2]``, the weight rows' first
-    # elements in ``hb[2:4]``. A loop that also gathered from ``weights`` and stored floats
-    # could not be vectorised without knowing the two never overlap.
+    # k = k_w = 2 (the paper's and the benchmarks' setting; ``_hash_rows`` serves any other).
+    # All four hashes of an id in one loop that writes integers only, so it vectorises (64-bit
+    # multiplies): token rows in ``hb[0:2]``, the weight rows' first elements in ``hb[2:4]``.
+    # A loop that also gathered from ``weights`` and stored floats could not be vectorised
+    # without knowing the two never overlap.
     toff = meta[f, TOKEN_OFFSET]
     # m < 2**31: masking tells LLVM the last multiply is 32 x 32 bits (vpmuludq, not vpmullq).
     m = np.uint64(meta[f, ROWS]) & np.uint64(0xFFFFFFFF)
@@ -236,7 +260,7 @@ def _one_hot(offsets, f, b0, b1):
 def _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim, stream):
     # Bags of one id each: z(x) straight into its output row, rows of the id PREFETCH_AHEAD
     # positions on requested now (the scratch is padded with valid rows past ``n``).
-    # ``stream``: write the rows with streaming stores (k <= 2; see ``lookup_kernels``).
+    # ``stream``: write the rows with streaming stores (k <= 4; see ``lookup_kernels``).
     nf = meta.shape[0]
     if meta[f, KIND] == KIND_FULL:
         k = 1
@@ -256,6 +280,26 @@ def _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim, stream):
             for d in range(0, dim, LINE):
                 prefetch(tokens, hb[0, i + PREFETCH_AHEAD], d)
             rows1_write(dim, out, (b0 + i) * nf + f, tokens, hb[0, i], ab[0, i], stream)
+    elif k == 3:
+        for i in range(n):
+            for d in range(0, dim, LINE):
+                prefetch(tokens, hb[0, i + PREFETCH_AHEAD], d)
+                prefetch(tokens, hb[1, i + PREFETCH_AHEAD], d)
+                prefetch(tokens, hb[2, i + PREFETCH_AHEAD], d)
+            rows3_write(
+                dim, out, (b0 + i) * nf + f, tokens,
+                hb[0, i], ab[0, i], hb[1, i], ab[sel, i], hb[2, i], ab[2 * sel, i], stream,
+            )  # fmt: skip
+    elif k == 4:
+        for i in range(n):
+            for d in range(0, dim, LINE):
+                for j in range(4):
+                    prefetch(tokens, hb[j, i + PREFETCH_AHEAD], d)
+            rows4_write(
+                dim, out, (b0 + i) * nf + f, tokens,
+                hb[0, i], ab[0, i], hb[1, i], ab[sel, i],
+                hb[2, i], ab[2 * sel, i], hb[3, i], ab[3 * sel, i], stream,
+            )  # fmt: skip
     else:
         for i in range(n):
             for j in range(k):
@@ -270,7 +314,7 @@ def _pool_bags(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim, stream):
 
     ``out`` is the ``[B * F, D]`` view of the output; bag ``(f, b)`` is its row ``b * F + f``.
     ``dim`` is a compile-time constant in every caller (see :func:`lookup_kernels`). With
-    ``stream``, bags of one id and k <= 2 are written with streaming stores; the others are
+    ``stream``, bags of one id and k <= 4 are written with streaming stores; the others are
     summed in place through the cache.
     """
     if meta[f, KIND] == KIND_FULL:
@@ -301,15 +345,16 @@ def _pool_bags(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim, stream):
             elif k == 1:
                 rows1_write(dim, out, o, tokens, hb[0, q0], ab[0, q0], stream)
             elif k == 3:
-                rows3_set(
+                rows3_write(
                     dim, out, o, tokens,
                     hb[0, q0], ab[0, q0], hb[1, q0], ab[sel, q0], hb[2, q0], ab[2 * sel, q0],
+                    stream,
                 )  # fmt: skip
             elif k == 4:
-                rows4_set(
+                rows4_write(
                     dim, out, o, tokens,
                     hb[0, q0], ab[0, q0], hb[1, q0], ab[sel, q0],
-                    hb[2, q0], ab[2 * sel, q0], hb[3, q0], ab[3 * sel, q0],
+                    hb[2, q0], ab[2 * sel, q0], hb[3, q0], ab[3 * sel, q0], stream,
                 )  # fmt: skip
             else:
                 _pool_general(tokens, k, sel, q0, q1, hb, ab, out, o, dim)
@@ -330,6 +375,12 @@ def _divide(out, o, n, dim):
     # Mean pooling divides (not multiplies by 1/n), exactly as the spec and torch do.
     for d in range(dim):
         out[o, d] /= n
+
+
+@numba.njit(inline="always", **JIT)
+def _key_bucket(x, keys, s, m):
+    # Bucket of id ``x`` under the hash function of key row ``s``.
+    return bucket_keyed(x, keys[s, 0], keys[s, 1], keys[s, 2], m)
 
 
 @numba.njit(inline="always", **JIT)
@@ -356,14 +407,12 @@ def _direct_k2(values, offsets, tokens, weights, keys, meta, f, b0, b1, out, dim
             continue
         for p in range(p0, p1):
             x = values[p]
-            g0 = woff + bucket_keyed(x, keys[ws, 0], keys[ws, 1], keys[ws, 2], mw) * cols
-            g1 = (
-                woff + bucket_keyed(x, keys[ws + 1, 0], keys[ws + 1, 1], keys[ws + 1, 2], mw) * cols
-            )
+            g0 = woff + _key_bucket(x, keys, ws, mw) * cols
+            g1 = woff + _key_bucket(x, keys, ws + 1, mw) * cols
             w0 = weights[g0] + weights[g1]
             w1 = weights[g0 + second] + weights[g1 + second]
-            h0 = toff + bucket_keyed(x, keys[ts, 0], keys[ts, 1], keys[ts, 2], m)
-            h1 = toff + bucket_keyed(x, keys[ts + 1, 0], keys[ts + 1, 1], keys[ts + 1, 2], m)
+            h0 = toff + _key_bucket(x, keys, ts, m)
+            h1 = toff + _key_bucket(x, keys, ts + 1, m)
             if p == p0:
                 rows2_set(dim, out, o, tokens, h0, w0, h1, w1)
             else:
@@ -374,13 +423,96 @@ def _direct_k2(values, offsets, tokens, weights, keys, meta, f, b0, b1, out, dim
 
 
 @numba.njit(inline="always", **JIT)
+def _direct_ok(meta, f):
+    # Features the direct path serves: full ones and memrec ones with k <= UNROLLED_K.
+    return (meta[f, KIND] == KIND_FULL) | (meta[f, K] <= UNROLLED_K)
+
+
+@numba.njit(inline="always", **JIT)
+def _direct(values, offsets, tokens, weights, vocab, keys, meta, f, b0, b1, out, dim):
+    # ``_direct_k2`` for any feature that ``_direct_ok`` accepts: alpha_1..alpha_k held in
+    # registers (k <= 4), the token rows hashed where they are used.
+    if meta[f, KIND] == KIND_MEMREC and meta[f, K] == 2 and meta[f, KW] == 2:
+        _direct_k2(values, offsets, tokens, weights, keys, meta, f, b0, b1, out, dim)
+        return
+    nf = meta.shape[0]
+    full = meta[f, KIND] == KIND_FULL
+    k = 1 if full else meta[f, K]
+    toff = meta[f, TOKEN_OFFSET]
+    m = np.uint64(meta[f, ROWS]) & _MASK32
+    ts = meta[f, TOKEN_SEED]
+    woff = meta[f, WEIGHT_OFFSET]
+    mw = np.uint64(meta[f, WEIGHT_ROWS]) & _MASK32
+    cols = meta[f, WEIGHT_COLS]
+    ws = meta[f, WEIGHT_SEED]
+    kw = meta[f, KW]
+    nv = meta[f, ROWS] - 1
+    voff = meta[f, VOCAB_OFFSET]
+    mean = meta[f, MEAN] != 0
+    one = np.float32(1.0)
+    for b in range(b0, b1):
+        p0 = offsets[f, b]
+        p1 = offsets[f, b + 1]
+        o = b * nf + f
+        if p1 <= p0:
+            for d in range(dim):
+                out[o, d] = 0.0
+            continue
+        for p in range(p0, p1):
+            x = values[p]
+            if full:
+                r = toff + vocab_row(vocab, voff, nv, x)
+                if p == p0:
+                    rows1_set(dim, out, o, tokens, r, one)
+                else:
+                    rows1_add(dim, out, o, tokens, r, one)
+                continue
+            # alpha = W[g_1] + W[g_2] + ... in hash order (spec section 3), column by column.
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for g in range(kw):
+                r = woff + _key_bucket(x, keys, ws + g, mw) * cols
+                a0 = weights[r] if g == 0 else a0 + weights[r]
+                if cols > 1:
+                    a1 = weights[r + 1] if g == 0 else a1 + weights[r + 1]
+                if cols > 2:
+                    a2 = weights[r + 2] if g == 0 else a2 + weights[r + 2]
+                if cols > 3:
+                    a3 = weights[r + 3] if g == 0 else a3 + weights[r + 3]
+            if cols == 1:  # a scalar weight: alpha_j = alpha_0
+                a1 = a2 = a3 = a0
+            h0 = toff + _key_bucket(x, keys, ts, m)
+            h1 = toff + _key_bucket(x, keys, ts + 1, m) if k > 1 else h0
+            h2 = toff + _key_bucket(x, keys, ts + 2, m) if k > 2 else h0
+            h3 = toff + _key_bucket(x, keys, ts + 3, m) if k > 3 else h0
+            if p == p0:
+                # The first id sets the row: z(x) = alpha_1 M[h_1] + ... in one pass.
+                if k == 1:
+                    rows1_set(dim, out, o, tokens, h0, a0)
+                elif k == 2:
+                    rows2_set(dim, out, o, tokens, h0, a0, h1, a1)
+                elif k == 3:
+                    rows3_set(dim, out, o, tokens, h0, a0, h1, a1, h2, a2)
+                else:
+                    rows4_set(dim, out, o, tokens, h0, a0, h1, a1, h2, a2, h3, a3)
+            else:
+                rows1_add(dim, out, o, tokens, h0, a0)
+                if k > 1:
+                    rows1_add(dim, out, o, tokens, h1, a1)
+                if k > 2:
+                    rows1_add(dim, out, o, tokens, h2, a2)
+                if k > 3:
+                    rows1_add(dim, out, o, tokens, h3, a3)
+        if mean and p1 - p0 > 1:
+            _divide(out, o, np.float32(p1 - p0), dim)
+
+
+@numba.njit(inline="always", **JIT)
 def _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, stream):
     # Feature-major inside a tile: hash all of a feature's ids, then pool its bags.
     for f in range(meta.shape[0]):
-        if b1 - b0 <= DIRECT_MAX and meta[f, KIND] == KIND_MEMREC and meta[f, K] == 2:
-            if meta[f, KW] == 2:
-                _direct_k2(values, offsets, tokens, weights, keys, meta, f, b0, b1, out, dim)
-                continue
+        if b1 - b0 <= DIRECT_MAX and _direct_ok(meta, f):
+            _direct(values, offsets, tokens, weights, vocab, keys, meta, f, b0, b1, out, dim)
+            continue
         p0 = offsets[f, b0]
         n = offsets[f, b1] - p0
         _hash_ids(values, weights, vocab, keys, meta, f, p0, n, hb, ab)
@@ -445,10 +577,10 @@ def _tile_ids(offsets, b0, b1):
 
 @numba.njit(inline="always", **JIT)
 def _all_direct(meta):
-    # True if every feature is memrec with k = k_w = 2, so a small batch needs no scratch.
+    # True if the direct path serves every feature, so a small batch needs no scratch.
     ok = True
     for f in range(meta.shape[0]):
-        ok &= (meta[f, KIND] == KIND_MEMREC) & (meta[f, K] == 2) & (meta[f, KW] == 2)
+        ok &= _direct_ok(meta, f)
     return ok
 
 
@@ -552,13 +684,13 @@ def _make_lookup_kernels(dim: int):
             # Batches of a few samples: no scratch, no tiles; the general path's set-up costs
             # as much as the whole lookup here (~0.6 us at B = 1, F = 26).
             for f in range(meta.shape[0]):
-                _direct_k2(values, offsets, tokens, weights, keys, meta, f, 0, nb, out, dim)
+                _direct(values, offsets, tokens, weights, vocab, keys, meta, f, 0, nb, out, dim)
             return OK
         max_k = plan[H_MAX_K]
         cap = 1
         for b0 in range(0, nb, TILE):
             cap = max(cap, _tile_ids(offsets, b0, min(nb, b0 + TILE)))
-        hb = np.empty((max(max_k, 4), cap + PREFETCH_AHEAD), np.int64)
+        hb = np.empty((plan[H_MAX_HASHES], cap + PREFETCH_AHEAD), np.int64)
         ab = np.empty((max_k, cap), np.float32)
         for b0 in range(0, nb, TILE):
             b1 = min(nb, b0 + TILE)
@@ -595,7 +727,7 @@ def _make_lookup_kernels(dim: int):
             ok, one_hot = _tile_offsets(offsets, b0, b1, values.shape[0])
             if ok:
                 cap = _tile_ids(offsets, b0, b1)
-                hb = np.empty((max(max_k, 4), cap + PREFETCH_AHEAD), np.int64)
+                hb = np.empty((plan[H_MAX_HASHES], cap + PREFETCH_AHEAD), np.int64)
                 ab = np.empty((max_k, cap), np.float32)
                 _pool_tile(
                     values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab,
@@ -624,7 +756,7 @@ def lookup_kernels(dim: int) -> tuple:
     out : float32 [B, F, dim], overwritten
 
     The parallel one spreads tiles of up to ``TILE`` samples over the threads and writes one-id
-    bags (k <= 2) with streaming stores when ``out`` is large and 64-byte aligned.
+    bags (k <= 4) with streaming stores when ``out`` is large and 64-byte aligned.
 
     They return ``OK``; or, touching nothing, ``BAD_SHAPE`` if ``offsets`` is not ``[F, B + 1]``
     or ``out`` not ``[B, F, dim]`` (``F = meta.shape[0]``); or ``BAD_OFFSETS`` if some

@@ -253,6 +253,18 @@ def rows2_stream(typingctx, dim, dst, i, src, r0, w0, r1, w1):  # noqa: ARG001
     return _row_op(2, False, dim, dst, i, src, (r0, w0, r1, w1), stream=True)
 
 
+@intrinsic
+def rows3_stream(typingctx, dim, dst, i, src, r0, w0, r1, w1, r2, w2):  # noqa: ARG001
+    """``dst[i] = w0 * src[r0] + w1 * src[r1] + w2 * src[r2]``, streamed (see ``_row_op``)."""
+    return _row_op(3, False, dim, dst, i, src, (r0, w0, r1, w1, r2, w2), stream=True)
+
+
+@intrinsic
+def rows4_stream(typingctx, dim, dst, i, src, r0, w0, r1, w1, r2, w2, r3, w3):  # noqa: ARG001
+    """``rows4_set``, streamed (see ``_row_op``)."""
+    return _row_op(4, False, dim, dst, i, src, (r0, w0, r1, w1, r2, w2, r3, w3), stream=True)
+
+
 @numba.njit(inline="always", **JIT)
 def rows1_write(dim, dst, i, src, r0, w0, stream):
     """``dst[i] = w0 * src[r0]``, streamed if ``stream`` (a loop-invariant flag), else cached."""
@@ -269,6 +281,24 @@ def rows2_write(dim, dst, i, src, r0, w0, r1, w1, stream):
         rows2_stream(dim, dst, i, src, r0, w0, r1, w1)
     else:
         rows2_set(dim, dst, i, src, r0, w0, r1, w1)
+
+
+@numba.njit(inline="always", **JIT)
+def rows3_write(dim, dst, i, src, r0, w0, r1, w1, r2, w2, stream):
+    """``rows3_set``, streamed if ``stream``, else cached."""
+    if stream:
+        rows3_stream(dim, dst, i, src, r0, w0, r1, w1, r2, w2)
+    else:
+        rows3_set(dim, dst, i, src, r0, w0, r1, w1, r2, w2)
+
+
+@numba.njit(inline="always", **JIT)
+def rows4_write(dim, dst, i, src, r0, w0, r1, w1, r2, w2, r3, w3, stream):
+    """``rows4_set``, streamed if ``stream``, else cached."""
+    if stream:
+        rows4_stream(dim, dst, i, src, r0, w0, r1, w1, r2, w2, r3, w3)
+    else:
+        rows4_set(dim, dst, i, src, r0, w0, r1, w1, r2, w2, r3, w3)
 
 
 @intrinsic

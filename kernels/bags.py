@@ -114,6 +114,9 @@ class BagPlan:
             handle[slot + 1] = arr.shape[0]
         # Rows of the per-tile scratch: the largest k (a full feature counts as k = 1).
         handle[_k.H_MAX_K] = max(1, int(meta[:, _k.K].max())) if len(features) else 1
+        # Rows of the hash scratch: k token and k_w weight rows per id (4 for k = k_w = 2).
+        hashes = meta[:, _k.K] + meta[:, _k.KW]
+        handle[_k.H_MAX_HASHES] = max(4, int(hashes.max())) if len(features) else 4
         handle[_k.H_STREAM_MIN] = _alloc.STREAM_MIN_BYTES
         handle[_k.H_POOL] = numba.config.NUMBA_NUM_THREADS
         self._handle = handle

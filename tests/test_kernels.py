@@ -324,6 +324,47 @@ def test_small_batches_of_k2_features_only(parallel, nb):
     check(features, tokens, weights, vocab, values, offsets, parallel)
 
 
+def small_batch_features(rng):
+    """Every feature the direct path serves: k = 1..4 with k_w = 1..3, scalar and per-hash
+    weights, sum and mean, and full tables."""
+    return [
+        memrec(rng, 0, 20, 0, k=1, kw=2),
+        memrec(rng, 0, 20, 14, k=3, kw=2, pooling="mean"),
+        memrec(rng, 20, 11, 35, k=3, kw=1, per_hash=False),
+        memrec(rng, 20, 11, 42, k=4, kw=3),
+        memrec(rng, 31, 9, 70, k=4, kw=2, per_hash=False, pooling="mean"),
+        FeatureTable("full", 40, 5, vocab_offset=0),
+        FeatureTable("full", 40, 5, pooling="mean", vocab_offset=0),
+    ]
+
+
+@pytest.mark.parametrize("parallel", PARALLEL)
+@pytest.mark.parametrize("one_hot", [True, False])
+@pytest.mark.parametrize("nb", [1, 2, 8, 9])
+def test_small_batches_of_every_direct_feature(parallel, one_hot, nb):
+    # Batches of up to 8 samples whose features all have k <= 4 (or are full) skip tiles and
+    # scratch entirely; 9 samples take the tiles.
+    rng = np.random.default_rng(40 + nb)
+    tokens, weights, vocab = tables(rng)
+    features = small_batch_features(rng)
+    values, offsets = edge_batch(rng, len(features), nb, one_hot, 3)
+    check(features, tokens, weights, vocab, values, offsets, parallel)
+
+
+def test_a_one_hot_sample_pools_the_same_alone_and_in_a_large_batch():
+    # One-id bags: the direct path (a batch of one) and the tiles (a batch of 600) give the same
+    # bits. (Longer bags may differ in the last bit: the tiles sum them in registers.)
+    rng = np.random.default_rng(7)
+    tokens, weights, vocab = tables(rng, dim=16)
+    features = small_batch_features(rng) + mixed_features(rng)
+    plan = make_plan(features, tokens, weights, vocab)
+    values, offsets = edge_batch(rng, len(features), 600, True, 3)
+    batch = plan.lookup(values, offsets, parallel=True)
+    for b in (0, 1, 299, 599):
+        alone = plan.lookup(values, np.ascontiguousarray(offsets[:, b : b + 2]))
+        np.testing.assert_array_equal(alone[0], batch[b])
+
+
 @pytest.mark.parametrize("parallel", PARALLEL)
 def test_unaligned_ids_take_the_checked_path_and_agree(parallel):
     # Ids that are not aligned (e.g. sliced out of a byte buffer) do not match the compiled
