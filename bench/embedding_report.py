@@ -177,6 +177,11 @@ def goals(recs: list[dict], fracs: list[dict], dims_run: Iterable[int]) -> list[
     return lines
 
 
+def _ratio(x: float | None) -> str:
+    # A ratio, or "-" where it was not measured (no default-torch worker in this run).
+    return "-" if x is None or x != x else f"{x:.2f}x"
+
+
 def _f(x: float) -> str:
     return f"{x:.1f}" if x < 1000 else f"{x:,.0f}"
 
@@ -272,8 +277,7 @@ def markdown(info: dict, settings: dict, workers: list[dict]) -> str:
             f"| {r['dim']} | {r['dist']} | {r['hot']} | {r['threads']} | {r['batch']} | "
             f"{_f(r['memrec_us'])} | {_f(r['memrec_p99_us'])} | {_f(r['tables_us'])} | "
             f"{_f(r['fused_us'])} | {r['strongest']} | **{r['speedup']:.2f}x** | "
-            f"{r.get('default_speedup', float('nan')):.2f}x | "
-            f"{r.get('default_vs_thp', float('nan')):.2f}x |"
+            f"{_ratio(r.get('default_speedup'))} | {_ratio(r.get('default_vs_thp'))} |"
         )
     floors = [r for r in recs if "floor_us" in r and r["hot"] == "one" and r["batch"] >= 1024]
     if floors:
