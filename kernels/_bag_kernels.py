@@ -623,6 +623,18 @@ def tile_one_hot(
     )
 
 
+# Any tile, in a function of its own, compiled once per D and shared by both lookup kernels
+# (a tile spends far longer in its loops than in the call). Inlined into both, it made
+# compiling a D take 131 s instead of 105 s. Multi-hot, side by side with the inlined version
+# (2 threads unless noted): D=16 1.0-1.18x as fast; D=128 0.98-1.01x, 0.86x on 1 thread.
+@numba.njit(**JIT)
+def tile_general(
+    values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, stream
+):
+    numba.literally(dim)
+    _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, stream)
+
+
 @numba.njit(inline="always", **JIT)
 def _pool_tile(
     values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, stream, one_hot
@@ -639,7 +651,9 @@ def _pool_tile(
                 values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, False
             )
     else:
-        _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, stream)
+        tile_general(
+            values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, stream
+        )
     if stream:
         store_fence()
 
