@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .checkpoint_reader import read_checkpoint
+from .dense_session import open_dense_session
 from .errors import CheckpointError, InvalidModelError, OutputPathError
 from .families import get_family
 from .model_dir import read_model_dir, write_model_dir, writer_versions
@@ -64,8 +65,6 @@ def _sha256(path: Path) -> str:
 
 def _smoke_test(directory: Path) -> None:
     """Re-open the written directory with every check and run the graph on a zero batch."""
-    import onnxruntime as ort
-
     model = read_model_dir(directory, verify=True)
     m = model.manifest
     batch = 2
@@ -73,11 +72,7 @@ def _smoke_test(directory: Path) -> None:
         "dense": np.zeros((batch, len(m["dense"])), np.float32),
         "embeddings": np.zeros((batch, len(m["sparse"]), m["embedding_dim"]), np.float32),
     }
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(
-        str(model.onnx_path), options, providers=["CPUExecutionProvider"]
-    )
+    session = open_dense_session(model.onnx_path, m, threads=1)
     (score,) = session.run(["score"], feeds)
     if score.shape != (batch,) or score.dtype != np.float32 or not np.isfinite(score).all():
         raise InvalidModelError(

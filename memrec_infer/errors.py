@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class MemrecError(Exception):
     """Base class of every error memrec-infer raises on purpose (bad input, bad files)."""
@@ -9,6 +11,11 @@ class MemrecError(Exception):
 
 class InvalidModelError(MemrecError):
     """A model directory is missing, corrupted or of an unsupported format."""
+
+
+def model_file_error(path: Path, check: str) -> InvalidModelError:
+    """The error for a model directory's file ``path`` that failed ``check``, naming both."""
+    return InvalidModelError(f"model directory {path.parent}: {path.name}: {check}")
 
 
 class CheckpointError(MemrecError):

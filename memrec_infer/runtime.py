@@ -17,8 +17,8 @@ from typing import Any
 
 import numba
 import numpy as np
-import onnxruntime as ort
 
+from .dense_session import open_dense_session
 from .errors import InvalidModelError
 from .kernels.bags import BagPlan, FeatureTable, make_plan
 from .kernels.hashing import seeds_from_hex
@@ -55,20 +55,6 @@ def feature_tables(manifest: dict[str, Any]) -> list[FeatureTable]:
     return out
 
 
-def _session(path: Path, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Spinning ORT workers would compete with the Numba threads that run between ORT calls.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own untyped errors for unreadable graphs
-        raise InvalidModelError(f"{path}: ONNX Runtime cannot load the dense graph: {exc}") from exc
-
-
 class Model:
     """A loaded model directory. Use :func:`load`.
 
@@ -95,7 +81,7 @@ class Model:
                 f"{self.path}: tables do not match the manifest: {exc}"
             ) from exc
         graph = self.manifest["dense_graph"]
-        self.session = _session(model_dir.onnx_path, self.threads)
+        self.session = open_dense_session(model_dir.onnx_path, self.manifest, self.threads)
         self._inputs = list(graph["inputs"])
         self._output = graph["output"]
         self._local = threading.local()

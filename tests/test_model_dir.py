@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from test_onnx_graph import as_numpy, make_checkpoint
 
+from memrec_infer import load
 from memrec_infer.errors import InvalidModelError
 from memrec_infer.families import get_family
 from memrec_infer.model_dir import (
@@ -142,12 +143,34 @@ def test_wrong_dtype_in_npy_refused(tmp_path):
         read_model_dir(d)
 
 
-def test_damaged_onnx_refused(tmp_path):
+def test_damaged_onnx_refused_on_load(tmp_path):
     d = tmp_path / "model"
     _write(d)
     (d / "dense.onnx").write_bytes(b"not an onnx model")
     _edit_manifest(d, lambda m: m["files"]["dense.onnx"].update(bytes=17))
-    with pytest.raises(InvalidModelError, match=r"dense\.onnx: not a readable ONNX"):
+    read_model_dir(d)  # sizes hold; the graph is read by ONNX Runtime, when a model is loaded
+    with pytest.raises(InvalidModelError, match=r"dense\.onnx: ONNX Runtime cannot load it"):
+        load(d)
+
+
+def test_graph_that_does_not_match_the_manifest_refused(tmp_path):
+    d = tmp_path / "model"
+    spec = _write(d)
+    _edit_manifest(d, lambda m: m["dense"].pop())  # the graph still takes every dense column
+    n = len(spec.dense)
+    want = rf"'dense': \('tensor\(float\)', \[None, {n - 1}\]\)"
+    found = rf"found inputs \{{'dense': \('tensor\(float\)', \[None, {n}\]\)"
+    with pytest.raises(
+        InvalidModelError, match=rf"dense\.onnx: graph check failed: .*{want}.*{found}"
+    ):
+        load(d)
+
+
+def test_dense_graph_entry_checked(tmp_path):
+    d = tmp_path / "model"
+    _write(d)
+    _edit_manifest(d, lambda m: m["dense_graph"].update(output="prob"))
+    with pytest.raises(InvalidModelError, match=r"manifest\.json: 'dense_graph' must hold"):
         read_model_dir(d)
 
 
