@@ -12,6 +12,7 @@ set ``NUMBA_CACHE_DIR`` to a fresh directory), or the kernels keep running the o
 from __future__ import annotations
 
 import numba
+from llvmlite import binding as llvm
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -105,7 +106,22 @@ def address_as_pointer(typingctx, addr, dtype):  # noqa: ARG001
 # Vector width of the row updates: 16 float32 = one 64-byte cache line, one AVX-512 register.
 _VEC = 16
 LINE = 16  # float32 elements per 64-byte cache line: one prefetch per line of a row
-_FP_FLAGS = ("contract",)  # let LLVM fuse multiply-add; no reassociation, sums keep their order
+# Every row update is ``acc = w * row + acc`` rounded once (a fused multiply-add) where the CPU
+# has FMA, else a multiply then an add; never left to LLVM's ``contract``, which fused a
+# different product of ``w0 * r0 + w1 * r1`` depending on the code around the call: the same bag
+# then pooled to different last bits in the serial and the parallel kernel. Spelled out, a bag's
+# result is one fold over its rows, in id then hash order, whichever path pools it.
+_HAS_FMA = numba.config.CPU_NAME is None and bool(llvm.get_host_cpu_features().get("fma", False))
+
+
+def _mul_add(builder, w, x, acc):
+    # ``w * x + acc``: one rounding with FMA (llvm.fma is one vfmadd), two without.
+    if _HAS_FMA:
+        ty = x.type
+        name = f"llvm.fma.v{ty.count}f32" if isinstance(ty, _IR.VectorType) else "llvm.fma.f32"
+        fma = cgutils.get_or_insert_function(builder.module, _IR.FunctionType(ty, [ty] * 3), name)
+        return builder.call(fma, [w, x, acc])
+    return builder.fadd(builder.fmul(w, x), acc)
 
 
 def _row_ptr(context, builder, aryty, value, row):
@@ -136,16 +152,11 @@ def _emit_rows(builder, dst, srcs, weights, start, width, accumulate, stream=Fal
     def at(ptr):
         return cast(builder.gep(ptr, [start], inbounds=True, source_etype=f32))
 
-    acc = None
+    acc = builder.load(at(dst), align=4, typ=ety) if accumulate else None
     for src, w in zip(srcs, weights, strict=True):
-        term = builder.fmul(
-            _splat(builder, w, width) if width > 1 else w,
-            builder.load(at(src), align=4, typ=ety),
-            flags=_FP_FLAGS,
-        )
-        acc = term if acc is None else builder.fadd(acc, term, flags=_FP_FLAGS)
-    if accumulate:
-        acc = builder.fadd(builder.load(at(dst), align=4, typ=ety), acc, flags=_FP_FLAGS)
+        wv = _splat(builder, w, width) if width > 1 else w
+        x = builder.load(at(src), align=4, typ=ety)
+        acc = builder.fmul(wv, x) if acc is None else _mul_add(builder, wv, x, acc)
     if stream:
         store = builder.store(acc, at(dst), align=4 * width)
         store.set_metadata("nontemporal", builder.module.add_metadata([_IR.IntType(32)(1)]))
@@ -156,13 +167,14 @@ def _emit_rows(builder, dst, srcs, weights, start, width, accumulate, stream=Fal
 def _row_op(nrows: int, accumulate: bool, dim, dst, i, src, pairs, stream: bool = False):
     """Signature and code of ``op(dim, dst, i, src, r_0, w_0, ..., r_{n-1}, w_{n-1})``.
 
-    It computes ``dst[i, :] = w_0 * src[r_0, :] + ... + w_{n-1} * src[r_{n-1}, :]`` (or adds
-    that to ``dst[i, :]`` when ``accumulate``), left to right, with explicit 16-wide vector
-    loads and stores. ``dst`` and ``src`` are C-contiguous float32 2-D arrays of width ``dim``;
-    nothing is checked. Pass ``dim`` as a compile-time constant so that LLVM drops the loops.
-    Numba cannot tell that ``dst`` and ``src`` never overlap, so its own loops either fall back
-    to scalar code (constant D, fully unrolled) or test for overlap on every row; issuing all
-    loads of a chunk before its store needs no such test.
+    It computes ``dst[i, :] = w_0 * src[r_0, :] + ... + w_{n-1} * src[r_{n-1}, :]`` (with
+    ``accumulate``, starting from ``dst[i, :]``), left to right, each term after the first one
+    multiply-add (``_mul_add``), with explicit 16-wide vector loads and stores. ``dst`` and
+    ``src`` are C-contiguous float32 2-D arrays of width ``dim``; nothing is checked. Pass
+    ``dim`` as a compile-time constant so that LLVM drops the loops. Numba cannot tell that
+    ``dst`` and ``src`` never overlap, so its own loops either fall back to scalar code
+    (constant D, fully unrolled) or test for overlap on every row; issuing all loads of a chunk
+    before its store needs no such test.
 
     ``stream`` writes ``dst[i, :]`` with non-temporal stores, straight to memory without
     first reading the line or keeping it in cache: for outputs too large to stay in cache,
@@ -330,7 +342,7 @@ def _bag_codegen(dim: int, context, builder, dptr, rows):
     row, in order. The accumulators are allocas, which LLVM promotes to vector registers: a row
     costs a load and a fused multiply-add, not the load-add-store round trip through ``dst``
     (whose store-to-load forwarding made long bags latency bound). Sums start from zero, so an
-    empty bag gives zeros and the first row is ``w * r`` exactly, as before.
+    empty bag gives zeros and the first row is ``w * r`` exactly: the same fold as ``_row_op``.
     """
     f32 = _IR.FloatType()
     vecty = _IR.VectorType(f32, _VEC)
@@ -353,16 +365,11 @@ def _bag_codegen(dim: int, context, builder, dptr, rows):
         for c in range(nvec):
             row = builder.load(chunk(sptr, c * _VEC, _VEC), align=4, typ=vecty)
             acc = builder.load(accs[c], typ=vecty)
-            builder.store(
-                builder.fadd(acc, builder.fmul(wv, row, flags=_FP_FLAGS), flags=_FP_FLAGS), accs[c]
-            )
+            builder.store(_mul_add(builder, wv, row, acc), accs[c])
         for t in range(tail):
             x = builder.load(chunk(sptr, nvec * _VEC + t, 1), align=4, typ=f32)
             acc = builder.load(accs[nvec + t], typ=f32)
-            builder.store(
-                builder.fadd(acc, builder.fmul(w, x, flags=_FP_FLAGS), flags=_FP_FLAGS),
-                accs[nvec + t],
-            )
+            builder.store(_mul_add(builder, w, x, acc), accs[nvec + t])
 
     rows(emit)
     for c in range(nvec):

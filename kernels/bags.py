@@ -162,7 +162,9 @@ class BagPlan:
 
         Returns
         -------
-        float32 array [B, F, D] (``out`` if given); empty bags give zeros.
+        float32 array [B, F, D] (``out`` if given); empty bags give zeros. A bag's embedding
+        does not depend on the batch around it, the kernel or the threads: its rows are summed
+        in id then hash order with the same multiply-adds on every path, to the same bits.
 
         Raises
         ------

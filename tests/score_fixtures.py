@@ -48,7 +48,7 @@ def flights_config() -> dict:
     rng = np.random.default_rng(7)
     origins = sorted(string_id(o) for o in ("EWR", "JFK", "LGA"))
     return {
-        "embedding_dim": 8,
+        "embedding_dim": 16,  # a width the kernel tests compile anyway (test_kernels.tables)
         "dense": [
             {"name": "distance", "transform": "log1p", "fill": 0.0},
             {"name": "plane_year", "transform": "standard", "fill": 2000.0, "mean": 2000.0,
@@ -71,7 +71,7 @@ def flights_config() -> dict:
             _memrec(rng, "manufacturer", 16, ["manufacturer"]),
             _memrec(rng, "carrier_x_flight", 128, ["carrier*flight"]),
         ],
-        "dense_arch": [16, 8],
+        "dense_arch": [16, 16],
         "over_arch": [16, 1],
         "interaction": "dot",
         "self_interaction": False,
@@ -84,7 +84,7 @@ def bags_config() -> dict:
     """A multi-hot integer feature (mean pooling), a multi-hot string feature, an int one-hot."""
     rng = np.random.default_rng(11)
     return {
-        "embedding_dim": 4,
+        "embedding_dim": 3,  # likewise
         "dense": [{"name": "x", "transform": "identity", "fill": -1.0}],
         "sparse": [
             _sparse("tags", "int", multi_hot=True, pooling="mean"),

@@ -22,7 +22,7 @@ from memrec_infer.kernels.hashing import draw_seeds
 {build}
 plan.lookup(values, offsets[:, :2].copy())       # batch of 1: serial kernel
 plan.lookup(values, offsets)                     # large batch: parallel kernel
-dispatchers = [*k.lookup_kernels(8), getattr(k, "tile_one_hot", k.lookup_kernels(8)[0])]
+dispatchers = [*k.lookup_kernels(16), getattr(k, "tile_one_hot", k.lookup_kernels(16)[0])]
 misses = {{d.py_func.__qualname__: sum(d.stats.cache_misses.values()) for d in dispatchers}}
 hits = sum(sum(d.stats.cache_hits.values()) for d in dispatchers)
 assert not any(misses.values()) and hits, (misses, hits)
@@ -33,7 +33,7 @@ rng = np.random.default_rng(0)
 seeds = lambda: draw_seeds(rng, 2)
 feats = [FeatureTable("memrec", 0, 32, token_seeds=seeds(), weight_rows=4, weight_cols=2,
                       weight_seeds=seeds())]
-plan = make_plan(feats, rng.random((32, 8), dtype=np.float32), rng.random(8, dtype=np.float32),
+plan = make_plan(feats, rng.random((32, 16), dtype=np.float32), rng.random(8, dtype=np.float32),
                  np.zeros(0, np.int64))
 values = rng.integers(0, 2**40, size=1000)
 offsets = np.arange(1001, dtype=np.int64)[None, :]
