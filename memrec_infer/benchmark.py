@@ -135,17 +135,20 @@ def generated_batch(manifest: dict[str, Any], rows: int, seed: int = 0) -> pa.Ta
 
     Dense columns are log-normal numbers with 1% nulls; categorical values are Zipf-like
     (bounded power law over ``GENERATED_VOCAB`` values), integers or ``"v<rank>"`` strings;
-    multi-hot columns are lists of 1..``MAX_BAG`` values.
+    multi-hot columns are lists of 1..``MAX_BAG`` values. A column that is both dense and
+    categorical (say ``hour``, also in a cross ``origin*dest*hour``) gets integers, which
+    serve as both.
     """
     rng = np.random.default_rng(seed)
+    kinds = _column_kinds(manifest)
     cols: dict[str, pa.Array] = {}
     for d in manifest["dense"]:
+        if d["name"] in kinds:
+            continue
         x = rng.lognormal(3.0, 1.0, rows)
         x[rng.random(rows) < 0.01] = np.nan
         cols[d["name"]] = pa.array(x, from_pandas=True)
-    for name, (kind, multi) in _column_kinds(manifest).items():
-        if name in cols:
-            continue
+    for name, (kind, multi) in kinds.items():
         lengths = rng.integers(1, MAX_BAG + 1, rows) if multi else np.ones(rows, np.int64)
         ranks = _zipf_ranks(rng, int(lengths.sum()))
         flat = pa.array([f"v{r}" for r in ranks]) if kind == "string" else pa.array(ranks)

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from memrec_infer.benchmark import STAGES, generated_batch, process_age
 from memrec_infer.cli import main
+from memrec_infer.prep import FeaturePrep
 from memrec_infer.runtime import load
 
 flights_model_dir = score_fixtures.flights_model_dir
@@ -137,6 +138,19 @@ def test_generated_batch_follows_the_schema_and_scores(bags_model_dir):
     assert lengths.min() >= 1 and lengths.max() <= 10
     scores = model.predict(a)
     assert scores.shape == (50,) and np.all((scores >= 0) & (scores <= 1))
+
+
+def test_generated_batch_serves_a_column_both_dense_and_categorical(flights_model_dir):
+    # As in the demo's model: "hour" is a dense feature and a part of a cross feature.
+    manifest = dict(load(flights_model_dir, threads=1).manifest)
+    cross = {"name": "origin*hour", "columns": ["origin", "hour"], "dtype": "cross",
+             "multi_hot": False, "table": "origin", "pooling": "sum"}  # fmt: skip
+    manifest["sparse"] = [*manifest["sparse"], cross]
+    assert "hour" in [d["name"] for d in manifest["dense"]]
+    batch = generated_batch(manifest, 20)
+    assert pa.types.is_integer(batch.schema.field("hour").type)
+    pb = FeaturePrep(manifest["dense"], manifest["sparse"])(batch)
+    assert pb.dense.shape == (20, len(manifest["dense"])) and pb.offsets.shape == (6, 21)
 
 
 def test_process_age_is_the_time_since_this_process_started():
