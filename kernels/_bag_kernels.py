@@ -35,7 +35,7 @@ from ._intrinsics import (
     rows4_write,
     store_fence,
 )
-from .hashing import bucket_keyed
+from .hashing import MASK32, bucket_keyed
 
 # Columns of the ``meta`` array, one row per feature.
 KIND = 0  # KIND_MEMREC or KIND_FULL
@@ -116,7 +116,6 @@ PREFETCH_AHEAD = 8
 DIRECT_MAX = 8
 # The direct path and the one-hot row writes are unrolled up to this k.
 UNROLLED_K = 4
-_MASK32 = np.uint64(0xFFFFFFFF)
 
 
 @numba.njit(inline="always", **JIT)
@@ -152,7 +151,7 @@ def _hash_rows(vals, keys, meta, f, n, hb):
     # vectorises (see ``_hash_rows_k2``); the weights are gathered afterwards (``_alphas``).
     k = meta[f, K]
     toff = meta[f, TOKEN_OFFSET]
-    m = np.uint64(meta[f, ROWS]) & _MASK32  # m < 2**31 (see ``_hash_rows_k2``)
+    m = np.uint64(meta[f, ROWS]) & MASK32  # m < 2**31 (see ``_hash_rows_k2``)
     ts = meta[f, TOKEN_SEED]
     for j in range(k):
         a0, a1, c = keys[ts + j, 0], keys[ts + j, 1], keys[ts + j, 2]
@@ -160,7 +159,7 @@ def _hash_rows(vals, keys, meta, f, n, hb):
         for i in range(n):
             row[i] = toff + bucket_keyed(vals[i], a0, a1, c, m)
     woff = meta[f, WEIGHT_OFFSET]
-    mw = np.uint64(meta[f, WEIGHT_ROWS]) & _MASK32
+    mw = np.uint64(meta[f, WEIGHT_ROWS]) & MASK32
     cols = meta[f, WEIGHT_COLS]
     ws = meta[f, WEIGHT_SEED]
     for g in range(meta[f, KW]):
@@ -197,12 +196,12 @@ def _hash_rows_k2(vals, keys, meta, f, n, hb):
     # without knowing the two never overlap.
     toff = meta[f, TOKEN_OFFSET]
     # m < 2**31: masking tells LLVM the last multiply is 32 x 32 bits (vpmuludq, not vpmullq).
-    m = np.uint64(meta[f, ROWS]) & np.uint64(0xFFFFFFFF)
+    m = np.uint64(meta[f, ROWS]) & MASK32
     ts = meta[f, TOKEN_SEED]
     t0a, t0b, t0c = keys[ts, 0], keys[ts, 1], keys[ts, 2]
     t1a, t1b, t1c = keys[ts + 1, 0], keys[ts + 1, 1], keys[ts + 1, 2]
     woff = meta[f, WEIGHT_OFFSET]
-    mw = np.uint64(meta[f, WEIGHT_ROWS]) & np.uint64(0xFFFFFFFF)
+    mw = np.uint64(meta[f, WEIGHT_ROWS]) & MASK32
     cols = meta[f, WEIGHT_COLS]
     ws = meta[f, WEIGHT_SEED]
     w0a, w0b, w0c = keys[ws, 0], keys[ws, 1], keys[ws, 2]
@@ -373,6 +372,13 @@ def _pool_general(tokens, k, sel, q0, q1, hb, ab, out, o, dim):
 
 
 @numba.njit(inline="always", **JIT)
+def _zero_row(out, o, dim):
+    # An empty bag pools to zeros.
+    for d in range(dim):
+        out[o, d] = 0.0
+
+
+@numba.njit(inline="always", **JIT)
 def _divide(out, o, n, dim):
     # Mean pooling divides (not multiplies by 1/n), exactly as the spec and torch do.
     for d in range(dim):
@@ -391,10 +397,10 @@ def _direct_k2(values, offsets, tokens, weights, keys, meta, f, b0, b1, out, dim
     # phases' loop set-up and alias checks cost more than they save on so few ids.
     nf = meta.shape[0]
     toff = meta[f, TOKEN_OFFSET]
-    m = np.uint64(meta[f, ROWS]) & np.uint64(0xFFFFFFFF)
+    m = np.uint64(meta[f, ROWS]) & MASK32
     ts = meta[f, TOKEN_SEED]
     woff = meta[f, WEIGHT_OFFSET]
-    mw = np.uint64(meta[f, WEIGHT_ROWS]) & np.uint64(0xFFFFFFFF)
+    mw = np.uint64(meta[f, WEIGHT_ROWS]) & MASK32
     cols = meta[f, WEIGHT_COLS]
     ws = meta[f, WEIGHT_SEED]
     second = 1 if cols == 2 else 0
@@ -404,8 +410,7 @@ def _direct_k2(values, offsets, tokens, weights, keys, meta, f, b0, b1, out, dim
         p1 = offsets[f, b + 1]
         o = b * nf + f
         if p1 <= p0:
-            for d in range(dim):
-                out[o, d] = 0.0
+            _zero_row(out, o, dim)
             continue
         for p in range(p0, p1):
             x = values[p]
@@ -442,10 +447,10 @@ def _direct(values, offsets, tokens, weights, vocab, keys, meta, f, b0, b1, out,
     full = meta[f, KIND] == KIND_FULL
     k = 1 if full else meta[f, K]
     toff = meta[f, TOKEN_OFFSET]
-    m = np.uint64(meta[f, ROWS]) & _MASK32
+    m = np.uint64(meta[f, ROWS]) & MASK32
     ts = meta[f, TOKEN_SEED]
     woff = meta[f, WEIGHT_OFFSET]
-    mw = np.uint64(meta[f, WEIGHT_ROWS]) & _MASK32
+    mw = np.uint64(meta[f, WEIGHT_ROWS]) & MASK32
     cols = meta[f, WEIGHT_COLS]
     ws = meta[f, WEIGHT_SEED]
     kw = meta[f, KW]
@@ -458,8 +463,7 @@ def _direct(values, offsets, tokens, weights, vocab, keys, meta, f, b0, b1, out,
         p1 = offsets[f, b + 1]
         o = b * nf + f
         if p1 <= p0:
-            for d in range(dim):
-                out[o, d] = 0.0
+            _zero_row(out, o, dim)
             continue
         for p in range(p0, p1):
             x = values[p]

@@ -12,7 +12,7 @@ from numba import prange
 
 from ._config import JIT
 
-_MASK32 = np.uint64(0xFFFFFFFF)
+MASK32 = np.uint64(0xFFFFFFFF)  # the low 32 bits of a uint64
 _S32 = np.uint64(32)
 
 
@@ -23,7 +23,7 @@ def bucket_keyed(x: np.int64, a0, a1, c, m: np.uint64) -> np.int64:
     A kernel computes ``c`` once per feature and hash function, saving a multiply per id.
     """
     u = np.uint64(x)
-    v = a0 * (u & _MASK32) + a1 * (u >> _S32) + c
+    v = a0 * (u & MASK32) + a1 * (u >> _S32) + c
     return np.int64(((v >> _S32) * m) >> _S32)
 
 
