@@ -15,7 +15,7 @@ import numpy as np
 from numba import prange
 
 from memrec_infer.kernels._alloc import empty_aligned, streams
-from memrec_infer.kernels._bag_kernels import PREFETCH_AHEAD
+from memrec_infer.kernels._bag_kernels import PREFETCH_AHEAD, prefetch_ahead
 from memrec_infer.kernels._config import JIT  # the engine's flags (SLP vectorisation on)
 from memrec_infer.kernels._intrinsics import (
     LINE,
@@ -24,6 +24,7 @@ from memrec_infer.kernels._intrinsics import (
     rows1_set,
     rows1_write,
     rows2_write,
+    rows_view,
     store_fence,
 )
 
@@ -31,19 +32,22 @@ _TILE = 256
 
 
 def _make_gather(dim: int):
-    # A closure over a constant ``dim``, as the lookup kernels are (see ``lookup_kernels``); the
-    # rows are prefetched PREFETCH_AHEAD bags ahead, as there (``idx`` is padded past the last bag
-    # so the prefetches stay in bounds).
+    # A closure over a constant ``dim``, as the lookup kernels are (see ``lookup_kernels``), with
+    # constant-width views of its arrays as their tiles have (``rows_view``); the rows are
+    # prefetched as many bags ahead as there (``idx`` is padded past the last bag so the
+    # prefetches stay in bounds).
+    ahead = prefetch_ahead.py_func(dim)
 
     @numba.njit(parallel=True, **JIT)
     def gather_bags(table, idx, k, stream, out):
+        table, out = rows_view(table, dim), rows_view(out, dim)
         nb = out.shape[0]
         one = np.float32(1.0)
         for t in prange((nb + _TILE - 1) // _TILE):
             for b in range(t * _TILE, min(nb, t * _TILE + _TILE)):
                 for j in range(k):
                     for d in range(0, dim, LINE):
-                        prefetch(table, idx[(b + PREFETCH_AHEAD) * k + j], d)
+                        prefetch(table, idx[(b + ahead) * k + j], d)
                 if k == 2:
                     rows2_write(dim, out, b, table, idx[b * k], one, idx[b * k + 1], one, stream)
                 else:
@@ -90,6 +94,7 @@ def _make_write(dim: int):
 
     @numba.njit(parallel=True, **JIT)
     def write_rows(src, stream, out):
+        out = rows_view(out, dim)
         nb = out.shape[0]
         one = np.float32(1.0)
         for t in prange((nb + _TILE - 1) // _TILE):
