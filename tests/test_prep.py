@@ -73,6 +73,23 @@ def test_ids_for_every_column_kind():
     )
 
 
+def test_one_hot_features_lay_bags_out_feature_major():
+    # Every feature one-hot (prep's two-call layout); an empty batch gives zero-width bags.
+    sparse = [one_hot("i"), one_hot("s", "string"), one_hot("x", "cross", ["i", "s"])]
+    prep = FeaturePrep([], sparse)
+    i_ids = np.array([5, NULL_ID, 9], np.int64)
+    s_ids = np.array([string_id("a"), string_id("b"), NULL_ID], np.int64)
+    pb = prep({"i": i_ids.copy(), "s": ["a", "b", None]})
+    expected = np.concatenate([i_ids, s_ids, cross_ids(np.stack([i_ids, s_ids]))])
+    np.testing.assert_array_equal(pb.values, expected)
+    np.testing.assert_array_equal(pb.offsets, [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]])
+    assert pb.values.dtype == np.int64 and pb.offsets.dtype == np.int64
+    assert pb.offsets.flags.c_contiguous and pb.offsets.flags.writeable
+    empty = prep({"i": np.zeros(0, np.int64), "s": pa.array([], pa.string())})
+    assert empty.values.shape == (0,)
+    np.testing.assert_array_equal(empty.offsets, [[0], [0], [0]])
+
+
 def test_unsigned_and_narrow_ints_and_slices():
     prep = FeaturePrep([], [one_hot("u")])
     arr = pa.array([1, 2**64 - 1, 7], pa.uint64())
