@@ -25,6 +25,7 @@ it into a token table and a weight table; full features look it up in a sorted v
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numba
@@ -188,6 +189,16 @@ class BagPlan:
         if status != _OK:  # nothing was read out of bounds; ``out`` is not to be used
             self._raise(status, values, offsets, out)
         return out
+
+    def load_kernels(self, batch_sizes: Iterable[int]) -> None:
+        """Load now the kernels that batches of these sizes use (else the first lookup does).
+
+        The first time on a machine this compiles them, about a minute each (Numba's on-disk
+        cache keeps them for every later process); afterwards it takes well under a second.
+        """
+        for parallel in sorted({int(b) > SERIAL_MAX_BATCH for b in batch_sizes}):
+            if self._kernels[parallel] is None:
+                self._kernels[parallel] = _k.compiled_lookup_kernel(self._dim, parallel)
 
     def _new_output(self, values: object, offsets: object) -> np.ndarray:
         require_array(values, np.int64, 1, "values")

@@ -52,6 +52,20 @@ class Progress:
             self._last_draw = now
             self._draw(now)
 
+    def restart(self) -> None:
+        """Count rates (and so the ETA) from now: after a one-time wait before the first rows."""
+        self.start = time.perf_counter()
+
+    def message(self, text: str) -> None:
+        """Write ``text`` on a line of its own (nothing if disabled); a drawn bar goes on below."""
+        if not self.enabled:
+            return
+        self.stream.write(("\n" if self._drawn else "") + text + "\n")
+        if self._drawn:
+            self._draw(time.perf_counter())
+        else:
+            self.stream.flush()
+
     def line(self, now: float | None = None) -> str:
         """The text of the bar at time ``now``."""
         elapsed = (now if now is not None else time.perf_counter()) - self.start

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,28 @@ class Model:
         """
         pb = self.prepare(batch)
         return self.dense_forward(pb.dense, self.embed(pb))
+
+    def load_kernels(
+        self,
+        batch_sizes: Iterable[int],
+        on_slow: Callable[[], None] | None = None,
+        after_s: float = 1.0,
+    ) -> None:
+        """Load the lookup kernels that batches of these sizes use, before the first batch.
+
+        The first run of a model's embedding width on a machine compiles them (about a minute
+        each; Numba caches them on disk). ``on_slow`` is called once, from another thread, if
+        loading is still going after ``after_s`` seconds, so a caller can say why it waits.
+        """
+        timer = threading.Timer(after_s, on_slow) if on_slow is not None else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        try:
+            self.plan.load_kernels(batch_sizes)
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def _buffer(self, rows: int) -> np.ndarray:
         """A reusable ``[rows, F, D]`` output (fresh large outputs page-fault on every call)."""

@@ -40,6 +40,11 @@ DEFAULT_BATCH_SIZE = 16384
 SCORE_COLUMN = "score"
 # Batches decoded ahead of the one being scored: one overlaps the scoring, one absorbs jitter.
 _READAHEAD = 2
+# Said when loading the lookup kernels takes more than a second: their first compile.
+_COMPILING = (
+    "compiling the embedding lookup kernels for this machine (once, about a minute; "
+    "later runs load them from Numba's cache)..."
+)
 
 
 @dataclass(frozen=True)
@@ -251,6 +256,10 @@ def score_parquet(
     total = sum(f.num_rows for f in files)
 
     bar = Progress(total, stream=stream, enabled=progress)
+    if isinstance(model, Model) and total:
+        # Before the first batch, so a first run on a machine says why it waits a minute.
+        model.load_kernels([min(batch_size, total)], on_slow=lambda: bar.message(_COMPILING))
+        bar.restart()  # a compile's minute is not the rows' rate
     try:
         with ScoresWriter(out_path, out_schema, partitioned=partitioned, part_rows=part_rows) as w:
             chunks = _rechunk(iter_batches(files, schema, batch_size), batch_size)

@@ -338,3 +338,56 @@ def test_progress_line_and_quiet():
     q.update(1000)
     q.close()
     assert quiet.getvalue() == ""
+
+
+def test_progress_message_goes_on_its_own_line():
+    buf = io.StringIO()
+    p = Progress(1000, stream=buf, interval=0.0)
+    p.message("first")
+    p.update(10)
+    p.message("second")
+    p.close()
+    text = buf.getvalue()
+    assert text.startswith("first\n\r[")  # before any bar: just the line
+    assert "\x1b[K\nsecond\n\r[" in text  # after one: the bar's line is ended first
+    assert text.endswith("\n")
+    quiet = io.StringIO()
+    Progress(1, stream=quiet, enabled=False).message("nothing")
+    assert quiet.getvalue() == ""
+
+
+def test_load_kernels_says_why_it_waits_only_when_slow(flights_model_dir, monkeypatch):
+    model = load(flights_model_dir, threads=1)
+    calls = []
+    model.load_kernels([1, 1000], on_slow=lambda: calls.append("slow"), after_s=5.0)
+    assert calls == []  # loaded (from the cache) well within 5 s
+    assert all(k is not None for k in model.plan._kernels)  # both: B=1 and B=1000
+    monkeypatch.setattr(model.plan, "load_kernels", lambda sizes: time.sleep(0.5))
+    model.load_kernels([1], on_slow=lambda: calls.append("slow"), after_s=0.05)
+    assert calls == ["slow"]
+
+
+def test_a_slow_first_kernel_load_is_announced_before_scoring(
+    flights_model_dir, flights_table, tmp_path, monkeypatch
+):
+    model = load(flights_model_dir, threads=1)
+    load_kernels = model.plan.load_kernels
+
+    def slow(sizes):  # as a first run on a machine, which compiles for about a minute
+        time.sleep(1.3)
+        load_kernels(sizes)
+
+    monkeypatch.setattr(model.plan, "load_kernels", slow)
+    pq.write_table(flights_table, tmp_path / "in.parquet")
+    err = io.StringIO()
+    score_parquet(model, [tmp_path / "in.parquet"], tmp_path / "out.parquet",
+                  progress=True, stream=err)  # fmt: skip
+    text = err.getvalue()
+    assert text.startswith("compiling the embedding lookup kernels for this machine")
+    bar = text.split("\n", 1)[1]  # the bar follows on its own line, its rate without the wait
+    rate = int(bar.split(" rows/s")[0].rsplit(" ", 1)[1].replace(",", ""))
+    assert rate > flights_table.num_rows / 1.3
+    quiet = io.StringIO()
+    score_parquet(model, [tmp_path / "in.parquet"], tmp_path / "out.parquet", force=True,
+                  progress=False, stream=quiet)  # fmt: skip
+    assert quiet.getvalue() == ""
