@@ -152,7 +152,7 @@ def startup_times(model_dir: Path, runs: int) -> dict:
     out["cold_s"] = cold["startup_s"]
     out["warm_s"] = [w["startup_s"] for w in warm]
     out["warm_first_call_ms"] = warm[0]["results"][0]["first_call_ms"]
-    out["cold_first_batch_s"] = cold["first_batch_s"]
+    out["cold_kernels_s"] = cold["kernels_s"]
     out["warm_load_s"] = [w["load_s"] for w in warm]
     return out
 
@@ -226,8 +226,8 @@ def report(info: dict, args, rows: list[dict], start: dict, png: str) -> str:
             "## Start-up",
             "",
             f"`memrec-infer {start['command']}` as a fresh process, `NUMBA_CACHE_DIR` empty "
-            f"(cold: {start['cold_s']:.2f} s to the first scored batch, of which the first "
-            f"batch {start['cold_first_batch_s']:.2f} s is mostly compilation) and filled "
+            f"(cold: {start['cold_s']:.2f} s to the first scored batch, of which compiling "
+            f"the lookup kernels {start['cold_kernels_s']:.2f} s) and filled "
             f"(warm: {', '.join(f'{w:.2f}' for w in start['warm_s'])} s; model load "
             f"{', '.join(f'{w:.2f}' for w in start['warm_load_s'])} s). Precision: 10 ms "
             "(`/proc` clock ticks).",

@@ -26,6 +26,12 @@ from .kernels.hashing import seeds_from_hex
 from .model_dir import ModelDir, read_model_dir
 from .prep import Batch, FeaturePrep, PreparedBatch
 
+# What a caller of :meth:`Model.load_kernels` tells its user when loading is slow: a first run.
+COMPILING_NOTICE = (
+    "compiling the embedding lookup kernels for this machine (once, a minute or two; "
+    "later runs load them from Numba's cache)..."
+)
+
 
 def feature_tables(manifest: dict[str, Any]) -> list[FeatureTable]:
     """The kernel's description of every sparse feature, in the manifest's F order."""

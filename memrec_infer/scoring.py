@@ -29,7 +29,7 @@ from .parquet_input import InputBatch, InputFile, find_inputs, iter_batches, rea
 from .parquet_output import ScoresWriter, check_output
 from .progress import Progress
 from .readahead import readahead
-from .runtime import Model, load
+from .runtime import COMPILING_NOTICE, Model, load
 
 __all__ = ["DEFAULT_BATCH_SIZE", "ScoreSummary", "parse_mapping", "score_parquet"]
 
@@ -40,11 +40,6 @@ DEFAULT_BATCH_SIZE = 16384
 SCORE_COLUMN = "score"
 # Batches decoded ahead of the one being scored: one overlaps the scoring, one absorbs jitter.
 _READAHEAD = 2
-# Said when loading the lookup kernels takes more than a second: their first compile.
-_COMPILING = (
-    "compiling the embedding lookup kernels for this machine (once, about a minute; "
-    "later runs load them from Numba's cache)..."
-)
 
 
 @dataclass(frozen=True)
@@ -258,7 +253,7 @@ def score_parquet(
     bar = Progress(total, stream=stream, enabled=progress)
     if isinstance(model, Model) and total:
         # Before the first batch, so a first run on a machine says why it waits a minute.
-        model.load_kernels([min(batch_size, total)], on_slow=lambda: bar.message(_COMPILING))
+        model.load_kernels([min(batch_size, total)], on_slow=lambda: bar.message(COMPILING_NOTICE))
         bar.restart()  # a compile's minute is not the rows' rate
     try:
         with ScoresWriter(out_path, out_schema, partitioned=partitioned, part_rows=part_rows) as w:

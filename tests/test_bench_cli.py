@@ -6,6 +6,7 @@ Tiny models (``score_fixtures``), batch sizes 1 and 8, a few calls: seconds, not
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +37,7 @@ def test_json_has_every_stage_for_every_batch_size(flights_model_dir):
     out = json.loads(bench(str(flights_model_dir), *FAST, "--json").stdout)
     assert [(r["threads"], r["batch"]) for r in out["results"]] == [(1, 1), (1, 8)]
     assert (out["features"], out["dim"]) == (5, 16)
-    assert out["startup_s"] > 0 and out["load_s"] > 0
+    assert out["startup_s"] > 0 and out["load_s"] > 0 and out["kernels_s"] >= 0
     for r in out["results"]:
         assert r["iterations"] == 3  # --iterations caps the timed calls
         assert set(r["stages"]) == set(STAGES) == set(r["first_call_ms"])
@@ -54,6 +55,24 @@ def test_table_for_people(flights_model_dir):
     assert "startup: first batch scored" in text
     rows = [line.split() for line in text.splitlines() if line.split()[:1] == ["1"]]
     assert [(r[1], r[2]) for r in rows] == [(b, s) for b in ("1", "8") for s in STAGES]
+
+
+def test_a_first_run_compile_is_announced_and_timed_apart(flights_model_dir, monkeypatch):
+    from memrec_infer.kernels.bags import BagPlan
+    from memrec_infer.runtime import COMPILING_NOTICE
+
+    load_kernels = BagPlan.load_kernels
+
+    def slow(self, sizes):  # as on a machine without Numba's cache: about a minute
+        time.sleep(1.3)
+        load_kernels(self, sizes)
+
+    monkeypatch.setattr(BagPlan, "load_kernels", slow)
+    args = [str(flights_model_dir), *[a for a in FAST if a != "-q"], "--json"]
+    result = bench(*args)
+    assert result.stderr.splitlines()[0] == COMPILING_NOTICE
+    out = json.loads(result.stdout)
+    assert out["kernels_s"] >= 1.3 and out["first_batch_s"] < 1.3  # apart from the batch
 
 
 def test_baseline_is_timed_side_by_side_with_ratios(flights_model_dir):

@@ -78,7 +78,7 @@ Examples:
     type=click.IntRange(min=1),
     default=3,
     show_default=True,
-    help="Untimed calls first; the first one is reported separately (load/compile).",
+    help="Untimed calls first; the first one is reported separately (warm-up).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of generated input.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
@@ -106,9 +106,9 @@ def command(
     """Measure MODEL_DIR: p50/p99 latency and rows/s per stage (prepare, embed, dense, total).
 
     Every batch size is measured at every thread count; the first call of each is reported
-    apart (kernel load or compile, warm-up), and so is the start-up time (process start to the
-    first scored batch). Input rows are generated from the model's schema unless --input is
-    given.
+    apart (warm-up), and so are loading (or, on a first run, compiling) the lookup kernels and
+    the start-up time (process start to the first scored batch). Input rows are generated from
+    the model's schema unless --input is given.
     """
     from ..benchmark import format_table, run_benchmark
     from ..benchmark import plot as draw
