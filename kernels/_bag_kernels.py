@@ -134,7 +134,7 @@ def prefetch_ahead(dim):
     tables in 8 MiB, B = 256..16384, 1 and 2 threads, side by side). Longer rows keep 8.
     ``dim`` is a compile-time constant in every caller, so this folds.
     """
-    return 16 if dim <= LINE else 8
+    return PREFETCH_AHEAD if dim <= LINE else PREFETCH_AHEAD // 2
 
 
 # Tiles of at most this many samples skip the two phases (see ``_direct``).

@@ -197,8 +197,13 @@ class BagPlan:
         cache keeps them for every later process); afterwards it takes well under a second.
         """
         for parallel in sorted({int(b) > SERIAL_MAX_BATCH for b in batch_sizes}):
-            if self._kernels[parallel] is None:
-                self._kernels[parallel] = _k.compiled_lookup_kernel(self._dim, parallel)
+            self._kernel(parallel)
+
+    def _kernel(self, parallel: bool):
+        # The serial or parallel kernel, loaded (or compiled) on first use and kept.
+        if self._kernels[parallel] is None:
+            self._kernels[parallel] = _k.compiled_lookup_kernel(self._dim, parallel)
+        return self._kernels[parallel]
 
     def _new_output(self, values: object, offsets: object) -> np.ndarray:
         require_array(values, np.int64, 1, "values")
@@ -225,7 +230,7 @@ class BagPlan:
                 "out must be a writable float32 array of shape [B, F, D]; pass out=None to "
                 "allocate one"
             )
-        kernel = self._kernels[parallel] = _k.compiled_lookup_kernel(self._dim, parallel)
+        kernel = self._kernel(parallel)
         if not values.flags.aligned:
             values = np.array(values)  # a copy is aligned
         if not offsets.flags.aligned:
