@@ -23,6 +23,7 @@ from ._intrinsics import (
     address_as_pointer,
     bag_rows_weighted,
     data_address,
+    line_items,
     prefetch,
     rows1_add,
     rows1_set,
@@ -56,6 +57,10 @@ META_COLS = 13
 
 KIND_MEMREC = 0
 KIND_FULL = 1
+
+# The NumPy type of half token rows as the kernels see them: binary16 bit patterns (NumPy
+# float16 arrays viewed as uint16; see ``_intrinsics.HALF_BITS``).
+HALF = np.uint16
 
 # Slots of a plan *handle*: one writable int64 array standing for the plan's five tables
 # (addresses and lengths) and a few per-plan settings. A lookup then passes four arrays, which
@@ -124,17 +129,19 @@ PREFETCH_AHEAD = 16
 
 
 @numba.njit(inline="always", **JIT)
-def prefetch_ahead(dim):
-    """Ids ahead of the one being pooled whose rows are prefetched, for rows of ``dim`` floats.
+def prefetch_ahead(dim, items=LINE):
+    """Ids ahead of the one being pooled whose rows are prefetched, for rows of ``dim`` values.
+
+    ``items``: values per cache line (``line_items`` of the table; 16 float32).
 
     Enough to cover an L3 (token rows) or DRAM (full rows) latency with a few bags' worth of
     work, few enough to stay in L1. Rows of one cache line are pooled fastest and need the most
     ids in flight. At D = 16, 16 ids ahead against 8: one-hot 1.04-1.32x as fast for B >= 4096
     (0.96-1.0x at B = 1024), multi-hot 0.94-1.27x (mostly 1.1-1.2x); 32 was no faster (Criteo
     tables in 8 MiB, B = 256..16384, 1 and 2 threads, side by side). Longer rows keep 8.
-    ``dim`` is a compile-time constant in every caller, so this folds.
+    ``dim`` and ``items`` are compile-time constants in every caller, so this folds.
     """
-    return PREFETCH_AHEAD if dim <= LINE else PREFETCH_AHEAD // 2
+    return PREFETCH_AHEAD if dim <= items else PREFETCH_AHEAD // 2
 
 
 # Tiles of at most this many samples skip the two phases (see ``_direct``).
@@ -261,9 +268,9 @@ def _pool_one_hot_k2(tokens, weights, meta, f, b0, n, hb, out, dim, stream):
     # weight rows, then z(x) straight into the output row.
     nf = meta.shape[0]
     second = 1 if meta[f, WEIGHT_COLS] == 2 else 0  # column of alpha_2 (scalar weight: 0)
-    ahead = prefetch_ahead(dim)
+    ahead = prefetch_ahead(dim, line_items(tokens))
     for i in range(n):
-        for d in range(0, dim, LINE):
+        for d in range(0, dim, line_items(tokens)):
             prefetch(tokens, hb[0, i + ahead], d)
             prefetch(tokens, hb[1, i + ahead], d)
         g0 = hb[2, i]
@@ -289,7 +296,7 @@ def _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim, stream):
     # positions on requested now (the scratch is padded with valid rows past ``n``).
     # ``stream``: write the rows with streaming stores (k <= 4; see ``lookup_kernels``).
     nf = meta.shape[0]
-    ahead = prefetch_ahead(dim)
+    ahead = prefetch_ahead(dim, line_items(tokens))
     if meta[f, KIND] == KIND_FULL:
         k = 1
         sel = 0
@@ -298,19 +305,19 @@ def _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim, stream):
         sel = 1 if meta[f, WEIGHT_COLS] != 1 else 0
     if k == 2:
         for i in range(n):
-            for d in range(0, dim, LINE):
+            for d in range(0, dim, line_items(tokens)):
                 prefetch(tokens, hb[0, i + ahead], d)
                 prefetch(tokens, hb[1, i + ahead], d)
             o = (b0 + i) * nf + f
             rows2_write(dim, out, o, tokens, hb[0, i], ab[0, i], hb[1, i], ab[sel, i], stream)
     elif k == 1:
         for i in range(n):
-            for d in range(0, dim, LINE):
+            for d in range(0, dim, line_items(tokens)):
                 prefetch(tokens, hb[0, i + ahead], d)
             rows1_write(dim, out, (b0 + i) * nf + f, tokens, hb[0, i], ab[0, i], stream)
     elif k == 3:
         for i in range(n):
-            for d in range(0, dim, LINE):
+            for d in range(0, dim, line_items(tokens)):
                 prefetch(tokens, hb[0, i + ahead], d)
                 prefetch(tokens, hb[1, i + ahead], d)
                 prefetch(tokens, hb[2, i + ahead], d)
@@ -320,7 +327,7 @@ def _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim, stream):
             )  # fmt: skip
     elif k == 4:
         for i in range(n):
-            for d in range(0, dim, LINE):
+            for d in range(0, dim, line_items(tokens)):
                 for j in range(4):
                     prefetch(tokens, hb[j, i + ahead], d)
             rows4_write(
@@ -331,7 +338,7 @@ def _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim, stream):
     else:
         for i in range(n):
             for j in range(k):
-                for d in range(0, dim, LINE):
+                for d in range(0, dim, line_items(tokens)):
                     prefetch(tokens, hb[j, i + ahead], d)
             _pool_general(tokens, k, sel, i, i + 1, hb, ab, out, (b0 + i) * nf + f, dim)
 
@@ -358,10 +365,10 @@ def _pool_bags(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim, stream):
     for b in range(b0, b1):
         q0 = offsets[f, b] - p0
         q1 = offsets[f, b + 1] - p0
-        stop = min(n, q1 + prefetch_ahead(dim))
+        stop = min(n, q1 + prefetch_ahead(dim, line_items(tokens)))
         while ahead < stop:
             for j in range(k):
-                for d in range(0, dim, LINE):
+                for d in range(0, dim, line_items(tokens)):
                     prefetch(tokens, hb[j, ahead], d)
             ahead += 1
         o = b * nf + f
@@ -694,9 +701,10 @@ def _pool_tile(
 
 
 @numba.njit(inline="always", **JIT)
-def _plan_tables(plan, dim):
-    # The plan's tables, viewed from the addresses in its handle (see H_TOKENS).
-    tokens = numba.carray(address_as_pointer(plan[H_TOKENS], np.float32), (plan[H_TOKEN_ROWS], dim))
+def _plan_tables(plan, dim, token_type):
+    # The plan's tables, viewed from the addresses in its handle (see H_TOKENS); ``token_type``
+    # is np.float32 or HALF (half rows' bits).
+    tokens = numba.carray(address_as_pointer(plan[H_TOKENS], token_type), (plan[H_TOKEN_ROWS], dim))
     weights = numba.carray(address_as_pointer(plan[H_WEIGHTS], np.float32), plan[H_WEIGHT_LEN])
     vocab = numba.carray(address_as_pointer(plan[H_VOCAB], np.int64), plan[H_VOCAB_LEN])
     keys = numba.carray(address_as_pointer(plan[H_KEYS], np.uint64), (plan[H_KEY_ROWS], 3))
@@ -715,16 +723,18 @@ def _streams(plan, out, dim):
     )
 
 
-def _make_lookup_kernels(dim: int):
+def _make_lookup_kernels(dim: int, half: bool):
     # Closures over a constant ``dim``: Numba folds it, so LLVM sees fixed-length row loops.
-    # ``cache=True`` keys the on-disk cache on the closure's contents, one entry per D; they
-    # capture only the int ``dim`` (a captured dispatcher would defeat the cache, see above).
+    # ``cache=True`` keys the on-disk cache on the closure's contents, one entry per D and token
+    # type; they capture only ``dim`` and a NumPy scalar type (a captured dispatcher would
+    # defeat the cache, see above). ``half``: the token rows are binary16 (``HALF``).
+    token_type = HALF if half else np.float32
     # Both return a status (OK, BAD_SHAPE, BAD_OFFSETS): checking shapes and offsets here,
     # where they are read anyway, saves Python work on every batch.
 
     @numba.njit(**JIT)
     def lookup_serial(values, offsets, plan, out):
-        tokens, weights, vocab, keys, meta = _plan_tables(plan, dim)
+        tokens, weights, vocab, keys, meta = _plan_tables(plan, dim, token_type)
         status = _status(values, offsets, meta, out, dim)
         nb = out.shape[0]
         if status != OK or nb == 0:
@@ -753,7 +763,7 @@ def _make_lookup_kernels(dim: int):
 
     @numba.njit(parallel=True, **JIT)
     def lookup_parallel(values, offsets, plan, out):
-        tokens, weights, vocab, keys, meta = _plan_tables(plan, dim)
+        tokens, weights, vocab, keys, meta = _plan_tables(plan, dim, token_type)
         if not _shapes_ok(offsets, meta, out, dim):
             return BAD_SHAPE
         nb = out.shape[0]
@@ -790,19 +800,20 @@ def _make_lookup_kernels(dim: int):
     return lookup_serial, lookup_parallel
 
 
-_KERNELS: dict[int, tuple] = {}
+_KERNELS: dict[tuple[int, bool], tuple] = {}
 
 
-def lookup_kernels(dim: int) -> tuple:
-    """The ``(serial, parallel)`` lookup kernels specialised for embedding width ``dim``.
+def lookup_kernels(dim: int, half: bool = False) -> tuple:
+    """The ``(serial, parallel)`` lookup kernels for embedding width ``dim`` and token type.
 
     Both take ``(values, offsets, plan, out)``:
 
     values : int64 [N]
     offsets : int64 [F, B + 1]
     plan : int64 [HANDLE_LEN], the handle of a plan's tables (see ``H_TOKENS``):
-        tokens float32 [R, dim]; weights float32 [RW]; vocab int64 [V]; keys uint64 [S, 3],
-        hash keys ``(a0, a1, a2*slot + b)`` of every hash function; meta int64 [F, META_COLS]
+        tokens float32 [R, dim] (with ``half``, binary16 bits: uint16 [R, dim]); weights
+        float32 [RW]; vocab int64 [V]; keys uint64 [S, 3], hash keys ``(a0, a1, a2*slot + b)``
+        of every hash function; meta int64 [F, META_COLS]
     out : float32 [B, F, dim], overwritten
 
     The parallel one spreads tiles of up to ``TILE`` samples over the threads and writes one-id
@@ -814,9 +825,10 @@ def lookup_kernels(dim: int) -> tuple:
     written nothing (serial) or only the tiles whose offsets were valid (parallel). No id or
     row outside its array is ever read.
     """
-    if dim not in _KERNELS:
-        _KERNELS[dim] = _make_lookup_kernels(dim)
-    return _KERNELS[dim]
+    key = (int(dim), bool(half))
+    if key not in _KERNELS:
+        _KERNELS[key] = _make_lookup_kernels(*key)
+    return _KERNELS[key]
 
 
 # The one signature the lookup kernels are compiled for: read-only ids and offsets (writable ones
@@ -832,14 +844,15 @@ SIGNATURE = (
 _COMPILE_LOCK = threading.Lock()
 
 
-def compiled_lookup_kernel(dim: int, parallel: bool):
-    """The serial or parallel lookup kernel for ``dim``, compiled for :data:`SIGNATURE` only.
+def compiled_lookup_kernel(dim: int, parallel: bool, half: bool = False):
+    """The serial or parallel lookup kernel for ``dim`` (and half token rows if ``half``),
+    compiled for :data:`SIGNATURE` only.
 
     Compiles (or loads from Numba's cache) on first use, then disables compilation: arguments of
     any other type raise ``TypeError`` instead of compiling a specialisation that would read,
     say, float ids as integers.
     """
-    kernel = lookup_kernels(dim)[1 if parallel else 0]
+    kernel = lookup_kernels(dim, half)[1 if parallel else 0]
     with _COMPILE_LOCK:  # two threads' first calls must not re-disable the other's compile
         if SIGNATURE not in kernel.overloads:
             kernel.disable_compile(False)

@@ -92,9 +92,15 @@ def address_as_pointer(typingctx, addr, dtype):  # noqa: ARG001
     Only for addresses of live, C-contiguous NumPy data of that dtype, kept alive by the caller
     (``BagPlan`` holds the arrays whose addresses it hands its kernels).
     """
-    if not isinstance(addr, types.Integer) or not isinstance(dtype, types.NumberClass):
+    if isinstance(dtype, types.NumberClass):
+        ety = dtype.instance_type
+    elif isinstance(dtype, types.DType):  # ``arr.dtype`` inside a kernel
+        ety = dtype.dtype
+    else:
         return None
-    ptrty = types.CPointer(dtype.instance_type)
+    if not isinstance(addr, types.Integer):
+        return None
+    ptrty = types.CPointer(ety)
     sig = ptrty(addr, dtype)
 
     def codegen(context, builder, signature, args):
@@ -105,7 +111,7 @@ def address_as_pointer(typingctx, addr, dtype):  # noqa: ARG001
 
 @numba.njit(inline="always", **JIT)
 def rows_view(a, dim):
-    """``a`` (float32 ``[rows, dim]``, C-contiguous) viewed again with ``dim`` a constant.
+    """``a`` (``[rows, dim]``, C-contiguous, any dtype) viewed again with ``dim`` a constant.
 
     A function that takes an array as an argument sees its shape as run-time values, so every
     row address costs a multiply by the row length; called with a literal ``dim``, this view
@@ -115,12 +121,63 @@ def rows_view(a, dim):
     1.01-1.08x one-hot at D = 128 (side by side, Criteo tables). It holds no reference: ``a``
     must outlive it.
     """
-    return numba.carray(address_as_pointer(data_address(a), numba.float32), (a.shape[0], dim))
+    return numba.carray(address_as_pointer(data_address(a), a.dtype), (a.shape[0], dim))
 
 
 # Vector width of the row updates: 16 float32 = one 64-byte cache line, one AVX-512 register.
 _VEC = 16
 LINE = 16  # float32 elements per 64-byte cache line: one prefetch per line of a row
+# Token rows may be stored as IEEE binary16 (``convert --token-dtype float16``): NumPy float16
+# arrays, which Numba cannot type, reach the kernels viewed as ``uint16`` bit patterns. The row
+# updates load them as half and widen each vector to float32 (one ``vcvtph2ps`` per 8 or 16
+# values) before the multiply-add, so a half row pools to exactly the bits of the float32 row
+# holding the same values. Outputs are always float32.
+HALF_BITS = types.uint16
+
+
+@intrinsic
+def line_items(typingctx, arr):  # noqa: ARG001
+    """Elements of ``arr`` in one 64-byte cache line: a constant (16 float32, 32 half rows).
+
+    Row prefetch loops step by it, one prefetch per line of a row.
+    """
+    if not isinstance(arr, types.Array):
+        return None
+    items = max(1, 64 * 8 // arr.dtype.bitwidth)
+    sig = types.intp(arr)
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(types.intp, items)
+
+    return sig, codegen
+
+
+def _load_f32(builder, ptr, start, width, half):
+    # ``width`` elements of a row at ``ptr + start`` as float32 (a vector if ``width > 1``):
+    # loaded as they are, or, for a half row (``ptr`` to i16 bit patterns), widened.
+    f32 = _IR.FloatType()
+    ety = _IR.IntType(16) if half else f32
+    p = builder.gep(ptr, [start], inbounds=True, source_etype=ety)
+    vty = ety if width == 1 else _IR.VectorType(ety, width)
+    if width > 1:
+        p = builder.bitcast(p, vty.as_pointer())
+    x = builder.load(p, align=2 if half else 4, typ=vty)
+    if not half:
+        return x
+    hty = _IR.HalfType() if width == 1 else _IR.VectorType(_IR.HalfType(), width)
+    return builder.fpext(builder.bitcast(x, hty), f32 if width == 1 else _IR.VectorType(f32, width))
+
+
+def _src_rows(src) -> bool | None:
+    # Whether ``src`` (a Numba array type) holds half rows (True), float32 rows (False), or
+    # cannot be a table of rows (None): 2-D, C layout, float32 or binary16 bits.
+    if not isinstance(src, types.Array) or src.ndim != 2 or src.layout != "C":
+        return None
+    if src.dtype == types.float32:
+        return False
+    return True if src.dtype == HALF_BITS else None
+
+
 # Every row update is ``acc = w * row + acc`` rounded once (a fused multiply-add) where the CPU
 # has FMA, else a multiply then an add; never left to LLVM's ``contract``, which fused a
 # different product of ``w0 * r0 + w1 * r1`` depending on the code around the call: the same bag
@@ -151,10 +208,11 @@ def _splat(builder, value, width):
     return builder.shuffle_vector(vec, _IR.Constant(vecty, None), zeros)
 
 
-def _emit_rows(builder, dst, srcs, weights, start, width, accumulate, stream=False):
+def _emit_rows(builder, dst, srcs, weights, start, width, accumulate, stream=False, half=False):
     # dst[start:start+width] (+)= sum_j weights[j] * srcs[j][start:start+width], every load
     # issued before the store, so no aliasing question arises. ``stream``: a non-temporal
-    # store, which must be 64-byte aligned (the caller guarantees it).
+    # store, which must be 64-byte aligned (the caller guarantees it). ``half``: the sources
+    # are half rows (``_load_f32``).
     f32 = _IR.FloatType()
     if width == 1:
         ety, cast = f32, lambda p: p
@@ -170,7 +228,7 @@ def _emit_rows(builder, dst, srcs, weights, start, width, accumulate, stream=Fal
     acc = builder.load(at(dst), align=4, typ=ety) if accumulate else None
     for src, w in zip(srcs, weights, strict=True):
         wv = _splat(builder, w, width) if width > 1 else w
-        x = builder.load(at(src), align=4, typ=ety)
+        x = _load_f32(builder, src, start, width, half)
         acc = builder.fmul(wv, x) if acc is None else _mul_add(builder, wv, x, acc)
     if stream:
         store = builder.store(acc, at(dst), align=4 * width)
@@ -189,7 +247,8 @@ def _row_op(nrows: int, accumulate: bool, dim, dst, i, src, pairs, stream: bool 
     ``dim`` as a compile-time constant so that LLVM drops the loops. Numba cannot tell that
     ``dst`` and ``src`` never overlap, so its own loops either fall back to scalar code
     (constant D, fully unrolled) or test for overlap on every row; issuing all loads of a chunk
-    before its store needs no such test.
+    before its store needs no such test. ``src`` may also hold half rows (``uint16`` bit
+    patterns, see ``HALF_BITS``), widened to float32 as they are loaded.
 
     ``stream`` writes ``dst[i, :]`` with non-temporal stores, straight to memory without
     first reading the line or keeping it in cache: for outputs too large to stay in cache,
@@ -197,10 +256,8 @@ def _row_op(nrows: int, accumulate: bool, dim, dst, i, src, pairs, stream: bool 
     and ``dim`` must be a multiple of 16 (the caller checks both; a misaligned streaming store
     faults).
     """
-    arrays = (dst, src)
-    if any(not isinstance(a, types.Array) or a.ndim != 2 for a in arrays):
-        return None
-    if any(a.dtype != types.float32 or a.layout != "C" for a in arrays):
+    half = _src_rows(src)
+    if half is None or not _f32_2d(dst):
         return None
     if not isinstance(i, types.Integer) or not isinstance(dim, types.Integer):
         return None
@@ -225,11 +282,12 @@ def _row_op(nrows: int, accumulate: bool, dim, dst, i, src, pairs, stream: bool 
         nvec = builder.udiv(dim, vec)
         with cgutils.for_range(builder, nvec) as loop:
             start = builder.mul(loop.index, vec)
-            _emit_rows(builder, dptr, srcs, ws, start, _VEC, accumulate, stream)
+            _emit_rows(builder, dptr, srcs, ws, start, _VEC, accumulate, stream, half)
         # The tail (D not a multiple of 16) element by element.
         done = builder.mul(nvec, vec)
         with cgutils.for_range(builder, builder.sub(dim, done)) as loop:
-            _emit_rows(builder, dptr, srcs, ws, builder.add(done, loop.index), 1, accumulate)
+            tail = builder.add(done, loop.index)
+            _emit_rows(builder, dptr, srcs, ws, tail, 1, accumulate, half=half)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -350,7 +408,7 @@ def store_fence(typingctx):  # noqa: ARG001
 # ------------------------------------------------------------------ whole bags in registers
 
 
-def _bag_codegen(dim: int, context, builder, dptr, rows):
+def _bag_codegen(dim: int, context, builder, dptr, rows, half=False):
     """Emit ``dst = sum over rows of w * src[r]`` with the sum held in registers.
 
     ``rows(emit)`` emits the loops over the bag and calls ``emit(src_row_ptr, weight)`` once per
@@ -358,6 +416,7 @@ def _bag_codegen(dim: int, context, builder, dptr, rows):
     costs a load and a fused multiply-add, not the load-add-store round trip through ``dst``
     (whose store-to-load forwarding made long bags latency bound). Sums start from zero, so an
     empty bag gives zeros and the first row is ``w * r`` exactly: the same fold as ``_row_op``.
+    ``half``: the source rows are half rows, widened as they are loaded (``_load_f32``).
     """
     f32 = _IR.FloatType()
     vecty = _IR.VectorType(f32, _VEC)
@@ -378,11 +437,11 @@ def _bag_codegen(dim: int, context, builder, dptr, rows):
     def emit(sptr, w):
         wv = _splat(builder, w, _VEC)
         for c in range(nvec):
-            row = builder.load(chunk(sptr, c * _VEC, _VEC), align=4, typ=vecty)
+            row = _load_f32(builder, sptr, _IR.IntType(64)(c * _VEC), _VEC, half)
             acc = builder.load(accs[c], typ=vecty)
             builder.store(_mul_add(builder, wv, row, acc), accs[c])
         for t in range(tail):
-            x = builder.load(chunk(sptr, nvec * _VEC + t, 1), align=4, typ=f32)
+            x = _load_f32(builder, sptr, _IR.IntType(64)(nvec * _VEC + t), 1, half)
             acc = builder.load(accs[nvec + t], typ=f32)
             builder.store(_mul_add(builder, w, x, acc), accs[nvec + t])
 
@@ -412,10 +471,12 @@ def bag_rows_weighted(typingctx, dim, dst, i, src, hb, ab, q0, q1, k, sel):  # n
 
     A MEM-REC bag from the per-tile scratch (``hb``: int64 rows, ``ab``: float32 weights, one
     row per hash function). ``dim`` must be a compile-time constant (a literal int); ``dst`` and
-    ``src`` C-contiguous float32 2-D arrays of width ``dim``. Nothing is checked.
+    ``src`` C-contiguous 2-D arrays of width ``dim``, ``dst`` float32, ``src`` float32 or half
+    rows (see ``HALF_BITS``). Nothing is checked.
     """
     d = _literal_dim(dim)
-    if d is None or not _f32_2d(dst, src):
+    half = _src_rows(src)
+    if d is None or half is None or not _f32_2d(dst):
         return None
     if not (isinstance(hb, types.Array) and hb.ndim == 2 and isinstance(hb.dtype, types.Integer)):
         return None
@@ -442,7 +503,7 @@ def bag_rows_weighted(typingctx, dim, dst, i, src, hb, ab, q0, q1, k, sel):  # n
                     w = builder.load(_item_ptr(context, builder, tys[5], abv, [wj, q]))
                     emit(_row_ptr(context, builder, tys[3], srcv, r), w)
 
-        _bag_codegen(d, context, builder, dptr, rows)
+        _bag_codegen(d, context, builder, dptr, rows, half)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -103,6 +103,7 @@ class BagPlan:
         self._meta = meta
         self._nf = len(features)
         self._dim = int(tokens.shape[1])
+        self._half = tokens.dtype == np.float16  # kernels for binary16 token rows
         handle = np.zeros(_k.HANDLE_LEN, dtype=np.int64)
         for slot, arr in (
             (_k.H_TOKENS, tokens),
@@ -202,7 +203,7 @@ class BagPlan:
     def _kernel(self, parallel: bool):
         # The serial or parallel kernel, loaded (or compiled) on first use and kept.
         if self._kernels[parallel] is None:
-            self._kernels[parallel] = _k.compiled_lookup_kernel(self._dim, parallel)
+            self._kernels[parallel] = _k.compiled_lookup_kernel(self._dim, parallel, self._half)
         return self._kernels[parallel]
 
     def _new_output(self, values: object, offsets: object) -> np.ndarray:
@@ -273,8 +274,10 @@ def make_plan(
     Parameters
     ----------
     features : one :class:`FeatureTable` per sparse feature, in the model's feature order
-    tokens : float32 array [R, D], C-contiguous: every table's token rows (memrec) or rows
-        (full), stacked; a read-only memory map is used as is
+    tokens : float32 or float16 array [R, D], C-contiguous: every table's token rows (memrec)
+        or rows (full), stacked; a read-only memory map is used as is. float16 rows are widened
+        to float32 as they are read: lookups give exactly what the float32 copy of the same
+        rows would, from half the bytes.
     weights : float32 array [RW], C-contiguous: every memrec weight table, flattened row-major
     vocab : int64 array [V], C-contiguous: every full table's sorted vocabulary, stacked
     huge_pages : copy ``tokens`` into transparent huge pages if it is at most
@@ -291,7 +294,7 @@ def make_plan(
         On any inconsistency: wrong dtype or layout, a table range outside its array, bad seed
         shapes, an unknown kind or pooling, a vocabulary that is not strictly increasing.
     """
-    tokens = _readonly(require_array(tokens, np.float32, 2, "tokens"))
+    tokens = _readonly(require_array(tokens, _token_type(tokens), 2, "tokens"))
     weights = _readonly(require_array(weights, np.float32, 1, "weights"))
     vocab = _readonly(require_array(vocab, np.int64, 1, "vocab"))
     meta = np.zeros((len(features), _k.META_COLS), dtype=np.int64)
@@ -328,6 +331,18 @@ def make_plan(
     if huge_pages and tokens.nbytes <= _alloc.HUGE_COPY_MAX:
         tokens = _alloc.in_huge_pages(tokens)
     return BagPlan(tuple(features), tokens, weights, vocab, _readonly(keys), meta)
+
+
+def _token_type(tokens: object) -> type:
+    # float16 or float32 (the default, for anything that is neither: ``require_array`` names it).
+    if isinstance(tokens, np.ndarray) and tokens.dtype == np.float16:
+        return np.float16
+    if isinstance(tokens, np.ndarray) and tokens.dtype != np.float32:
+        raise ValueError(
+            f"tokens must be a float32 or float16 array [R, D], found {tokens.dtype}; convert "
+            "with np.ascontiguousarray(tokens, dtype=np.float32)"
+        )
+    return np.float32
 
 
 def _keys(seeds: np.ndarray, slot: int) -> np.ndarray:

@@ -425,6 +425,61 @@ def test_lookup_kernels_hold_one_signature_whatever_they_are_called_with():
         assert kernel.signatures == [_bag_kernels.SIGNATURE]
 
 
+# ---------------------------------------------------------------- half (float16) token rows
+
+# Half rows compile their own kernels (~105 s per D): D = 16 (one vector, streamed outputs) and
+# D = 20 (a vector and a scalar tail) cover every load the row updates make.
+HALF_DIMS = [16, 20]
+
+
+def half_and_widened(tokens):
+    # The same token values stored as float16 and as float32.
+    half = tokens.astype(np.float16)
+    return half, half.astype(np.float32)
+
+
+@pytest.mark.parametrize("parallel", PARALLEL)
+@pytest.mark.parametrize("dim", HALF_DIMS)
+@pytest.mark.parametrize("one_hot", [True, False])
+@pytest.mark.parametrize("nb", [1, 5, 300])
+def test_half_token_rows_pool_to_the_bits_of_their_float32_values(parallel, dim, one_hot, nb):
+    # A float16 table is widened row by row as it is read: every path (direct, one-hot tiles,
+    # general tiles; k = 1..5, full tables) gives exactly what the float32 copy of the same
+    # values gives, and matches the reference.
+    rng = np.random.default_rng(40 + dim)
+    tokens, weights, vocab = tables(rng, dim=dim)
+    half, widened = half_and_widened(tokens)
+    features = every_k_features(rng) + small_batch_features(rng)
+    values, offsets = edge_batch(rng, len(features), nb, one_hot, 3)
+    plan = make_plan(features, half, weights, vocab)
+    assert plan.tokens.dtype == np.float16
+    got = plan.lookup(values, offsets, parallel=parallel)
+    want = make_plan(features, widened, weights, vocab).lookup(values, offsets, parallel=parallel)
+    np.testing.assert_array_equal(got, want)
+    ref = ref_lookup(features, widened, weights, vocab, values, offsets)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_half_token_rows_streamed_and_in_huge_pages(always_stream, tmp_path):
+    # Large outputs are streamed from half rows too; a memory-mapped float16 table is copied
+    # into huge pages (still float16) and gives the same result.
+    rng = np.random.default_rng(44)
+    tokens, weights, vocab = tables(rng, dim=16)
+    half, widened = half_and_widened(tokens)
+    np.save(tmp_path / "tokens.npy", half)
+    mapped = np.load(tmp_path / "tokens.npy", mmap_mode="r")
+    features = every_k_features(rng)
+    for one_hot in (True, False):
+        values, offsets = edge_batch(rng, len(features), 1100, one_hot, 2)
+        plan = make_plan(features, mapped, weights, vocab, huge_pages=True)
+        assert plan.tokens.dtype == np.float16 and not plan.tokens.flags.writeable
+        out = plan.empty_output(1100)
+        assert _alloc.streams(out, 16 * 4)
+        plan.lookup(values, offsets, out=out, parallel=True)
+        want = make_plan(features, widened, weights, vocab).lookup(values, offsets, parallel=True)
+        np.testing.assert_array_equal(out, want)
+
+
 # ---------------------------------------------------------------- streaming stores
 
 
@@ -555,7 +610,7 @@ def valid_parts(rng):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda f, t, w, v: (f, t.astype(np.float64), w, v), "tokens must be a float32"),
+        (lambda f, t, w, v: (f, t.astype(np.float64), w, v), "tokens must be a float32 or float16"),
         (lambda f, t, w, v: (f, np.asfortranarray(t), w, v), "tokens must be C-contiguous"),
         (lambda f, t, w, v: (f, t, w[:20], v), r"weight elements \[14, 28\)"),
         (lambda f, t, w, v: (f, t, w, v.astype(np.int32)), "vocab must be a int64"),
