@@ -5,8 +5,9 @@ The steps are fixed; a family adapter only maps tensors to a spec:
 1. check the output path (an existing non-empty directory needs ``force``);
 2. read the checkpoint with the allow-listed reader (no torch, no code from the file);
 3. validate it with its family's adapter (every problem reported at once);
-4. build the spec and the dense ONNX graph;
-5. write into a temporary directory next to the output;
+4. build the spec, check its tables fit the token dtype (float16: ``|x| <= 65504``), build the
+   dense ONNX graph;
+5. write into a temporary directory next to the output (tables rounded to float16 on request);
 6. re-open it with ``verify=True`` and run the graph once on a zero batch with ONNX Runtime;
 7. rename it into place (the old directory is removed only after the new one is complete).
 """
@@ -28,6 +29,7 @@ from .errors import CheckpointError, InvalidModelError, OutputPathError
 from .families import get_family
 from .model_dir import read_model_dir, write_model_dir, writer_versions
 from .onnx_graph import OPSET, build_dense_graph
+from .token_dtype import DEFAULT_TOKEN_DTYPE, check_token_dtype, check_token_range
 
 __all__ = ["convert", "default_output_dir"]
 
@@ -86,6 +88,7 @@ def convert(
     out: str | Path | None = None,
     force: bool = False,
     log: Log | None = None,
+    token_dtype: str = DEFAULT_TOKEN_DTYPE,
 ) -> dict[str, Any]:
     """Convert a checkpoint into a model directory.
 
@@ -99,6 +102,10 @@ def convert(
         Replace ``out`` if it exists and is not empty.
     log : callable, optional
         Receives one progress line per step.
+    token_dtype : {"float32", "float16"}
+        How ``tokens.npy`` stores the table rows. float16 halves their bytes; each value is
+        rounded to nearest even (11 significant bits), so scores differ from the checkpoint's
+        by that rounding (docs/model-format.md).
 
     Returns
     -------
@@ -107,15 +114,18 @@ def convert(
 
     Raises
     ------
+    ValueError
+        ``token_dtype`` is not a supported name.
     CheckpointError
-        The checkpoint is unreadable, unsafe, of an unknown family, or fails validation
-        (every problem listed).
+        The checkpoint is unreadable, unsafe, of an unknown family, fails validation (every
+        problem listed), or holds a table value that ``token_dtype`` cannot store.
     OutputPathError
         The output path is taken (and ``force`` is False) or is not a directory.
     InvalidModelError
         The written directory failed its re-check.
     """
     say = log or (lambda _msg: None)
+    check_token_dtype(token_dtype)
     checkpoint = Path(checkpoint)
     out = Path(out) if out is not None else default_output_dir(checkpoint)
     _check_output(out, force)
@@ -137,19 +147,23 @@ def convert(
             f"{lines}"
         )
     spec = family.to_spec(obj)
+    # write_model_dir checks this too; checking here refuses before any directory is made.
+    check_token_range(spec, token_dtype, str(checkpoint))
     say("building the dense graph")
     graph = build_dense_graph(spec)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        say(f"writing {len(spec.tables)} table(s)")
+        say(f"writing {len(spec.tables)} table(s), {token_dtype} token rows")
         source = {
             "checkpoint": checkpoint.name,
             "sha256": _sha256(checkpoint),
             "train": _jsonable(spec.train),
         }
-        manifest = write_model_dir(spec, tmp, graph, OPSET, source, writer_versions())
+        manifest = write_model_dir(
+            spec, tmp, graph, OPSET, source, writer_versions(), token_dtype=token_dtype
+        )
         say("verifying the written directory")
         _smoke_test(tmp)
         _replace(tmp, out)

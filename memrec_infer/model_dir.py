@@ -3,6 +3,8 @@
 Writing streams each table into the stacked ``tokens.npy`` / ``weights.npy`` / ``vocab.npy``
 (NumPy 1.0 headers, little-endian, C-order, data 64-byte aligned) while hashing them, then writes
 ``dense.onnx`` and ``manifest.json`` (sorted keys) with every file's byte size and sha256.
+``tokens.npy`` is float32 or, on request, float16 (``token_dtype``: see
+:mod:`memrec_infer.token_dtype`).
 
 Reading trusts nothing: supported format version, exact file sizes, sha256 (``verify=True``),
 ``.npy`` header (version, dtype, order, alignment, shape), every table's range inside the stacked
@@ -28,6 +30,13 @@ import numpy as np
 from .errors import InvalidModelError
 from .errors import model_file_error as _fail
 from .spec import ModelSpec, table_rows, table_vocab, table_weight
+from .token_dtype import (
+    DEFAULT_TOKEN_DTYPE,
+    TOKEN_DTYPES,
+    check_token_dtype,
+    check_token_range,
+    manifest_token_dtype,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -52,7 +61,11 @@ _CHUNK = 1 << 24
 
 # ---------------------------------------------------------------------------------- writing
 def _write_npy(path: Path, dtype: str, shape: tuple[int, ...], parts: Iterable[np.ndarray]) -> dict:
-    """Write a stacked ``.npy`` from ``parts`` without concatenating them in memory."""
+    """Write a stacked ``.npy`` from ``parts`` without concatenating them in memory.
+
+    Each part is converted to ``dtype`` one chunk at a time (``astype``: for float16, NumPy's
+    round-to-nearest-even cast), so a narrowing write never holds a whole converted table.
+    """
     head = io.BytesIO()
     np.lib.format.write_array_header_1_0(
         head, {"descr": dtype, "fortran_order": False, "shape": shape}
@@ -62,12 +75,13 @@ def _write_npy(path: Path, dtype: str, shape: tuple[int, ...], parts: Iterable[n
     if len(header) % ALIGN:
         raise RuntimeError(f"numpy wrote a {len(header)}-byte .npy header, not 64-aligned")
     sha = hashlib.sha256(header)
+    dt = np.dtype(dtype)
     with open(path, "wb") as f:
         f.write(header)
         for part in parts:
-            data = np.ascontiguousarray(part, dtype=np.dtype(dtype)).reshape(-1)
+            data = np.ascontiguousarray(part).reshape(-1)
             for start in range(0, data.size, _CHUNK):
-                chunk = data[start : start + _CHUNK].tobytes()
+                chunk = data[start : start + _CHUNK].astype(dt, copy=False).tobytes()
                 sha.update(chunk)
                 f.write(chunk)
     return {"bytes": path.stat().st_size, "sha256": sha.hexdigest()}
@@ -126,6 +140,7 @@ def write_model_dir(
     opset: int,
     source: dict[str, Any],
     writer: dict[str, str],
+    token_dtype: str = DEFAULT_TOKEN_DTYPE,
 ) -> dict[str, Any]:
     """Write ``spec`` as a model directory into the existing empty directory ``out``.
 
@@ -143,12 +158,25 @@ def write_model_dir(
         Provenance recorded as ``manifest["source"]`` (checkpoint name, sha256, train record).
     writer : dict
         Versions of the writing software, recorded as ``manifest["writer"]``.
+    token_dtype : {"float32", "float16"}
+        How ``tokens.npy`` stores the table rows, recorded as ``manifest["token_dtype"]``;
+        float16 rounds them to nearest even (see :mod:`memrec_infer.token_dtype`).
 
     Returns
     -------
     dict
         The manifest written to ``manifest.json``.
+
+    Raises
+    ------
+    ValueError
+        ``token_dtype`` is not one of the supported names.
+    CheckpointError
+        A table value does not fit ``token_dtype`` (float16: ``|x| > 65504``); raised before
+        any file is written.
     """
+    check_token_dtype(token_dtype)
+    check_token_range(spec, token_dtype, str(source.get("checkpoint", "the model spec")))
     out = Path(out)
     dim = spec.embedding_dim
     memrec = [t for t in spec.tables if t.kind == "memrec"]
@@ -156,7 +184,7 @@ def write_model_dir(
     files = {
         TOKENS: _write_npy(
             out / TOKENS,
-            "<f4",
+            TOKEN_DTYPES[token_dtype],
             (sum(t.rows for t in spec.tables), dim),
             (spec.tensors[table_rows(t.name)] for t in spec.tables),
         ),
@@ -182,6 +210,7 @@ def write_model_dir(
         "family_revision": spec.family_revision,
         "hashing": HASHING,
         "embedding_dim": dim,
+        "token_dtype": token_dtype,
         "dense": [_dense_entry(d) for d in spec.dense],
         "sparse": [
             {
@@ -240,9 +269,10 @@ def writer_versions() -> dict[str, str]:
 class TableArrays:
     """One table's arrays: memory-mapped views into the stacked files, seeds as ``uint64``.
 
-    ``token`` is [rows, D] (token rows for ``memrec``, all rows for ``full``); ``weight`` is
-    [weight_rows, weight_cols] and ``token_seeds`` / ``weight_seeds`` are [k, 4] / [k_w, 4]
-    (``memrec`` only, else None); ``vocab`` is int64 [rows - 1] (``full`` only, else None).
+    ``token`` is [rows, D] in the manifest's ``token_dtype`` (token rows for ``memrec``, all rows
+    for ``full``); ``weight`` is [weight_rows, weight_cols] and ``token_seeds`` /
+    ``weight_seeds`` are [k, 4] / [k_w, 4] (``memrec`` only, else None); ``vocab`` is int64
+    [rows - 1] (``full`` only, else None).
     """
 
     name: str
@@ -265,7 +295,8 @@ class ModelDir:
     manifest : dict
         The parsed ``manifest.json``.
     tokens, weights, vocab : numpy.ndarray
-        The stacked arrays, memory-mapped read-only.
+        The stacked arrays, memory-mapped read-only: ``tokens`` float32 or float16 (the
+        manifest's ``token_dtype``), ``weights`` float32, ``vocab`` int64.
     onnx_path : Path
         The dense graph file.
     tables : dict[str, TableArrays]
@@ -310,7 +341,8 @@ def parse_seeds(rows: Any, where: str = "seeds") -> np.ndarray:
     return np.array(out, dtype=np.uint64).reshape(len(out), 4)
 
 
-def _open_npy(path: Path, dtype: str, ndim: int, recorded_bytes: int) -> np.ndarray:
+def _open_npy(path: Path, dtype: str, ndim: int, recorded_bytes: int, why: str = "") -> np.ndarray:
+    """Memory-map a ``.npy`` after checking its header; ``why`` says where ``dtype`` comes from."""
     with open(path, "rb") as f:
         try:
             version = np.lib.format.read_magic(f)
@@ -320,11 +352,12 @@ def _open_npy(path: Path, dtype: str, ndim: int, recorded_bytes: int) -> np.ndar
         except ValueError as exc:
             raise _fail(path, f"not a valid .npy header ({exc})") from None
         offset = f.tell()
-    if dt != np.dtype(dtype) or fortran or len(shape) != ndim:
+    want = np.dtype(dtype)
+    if dt != want or fortran or len(shape) != ndim:
         raise _fail(
             path,
-            f"expected {np.dtype(dtype).str} C-order {ndim}-d array, found {dt.str} "
-            f"{'Fortran' if fortran else 'C'}-order shape {shape}",
+            f"expected {want.str} ({want.name}{why}) C-order {ndim}-d array, found {dt.str} "
+            f"({dt.name}) {'Fortran' if fortran else 'C'}-order shape {shape}",
         )
     if offset % ALIGN:
         raise _fail(path, f"array data starts at byte {offset}, not {ALIGN}-byte aligned")
@@ -480,8 +513,9 @@ def read_model_dir(path: str | Path, verify: bool = False) -> ModelDir:
     Raises
     ------
     InvalidModelError
-        Missing directory or file, unsupported ``format_version``, a size, sha256, header,
-        shape, dtype or range check failed; the message names the file and the check.
+        Missing directory or file, unsupported ``format_version`` or ``token_dtype``, a size,
+        sha256, header, shape, dtype or range check failed; the message names the file and
+        the check.
     """
     root = Path(path)
     mpath = root / MANIFEST
@@ -505,9 +539,18 @@ def read_model_dir(path: str | Path, verify: bool = False) -> ModelDir:
     if m.get("hashing") != HASHING:
         raise _fail(mpath, f"hashing must be {HASHING!r}, found {m.get('hashing')!r}")
     dim = _int_field(mpath, m, "embedding_dim", "manifest", 1)
+    token_dtype = manifest_token_dtype(m)  # absent: float32, as before the key existed
+    if token_dtype not in TOKEN_DTYPES:
+        raise _fail(
+            mpath,
+            f"'token_dtype' must be one of {', '.join(map(repr, TOKEN_DTYPES))} (absent means "
+            f"{DEFAULT_TOKEN_DTYPE!r}), found {token_dtype!r}",
+        )
     _check_files(root, m.get("files"), verify)
     files = m["files"]
-    tokens = _open_npy(root / TOKENS, "<f4", 2, files[TOKENS]["bytes"])
+    # The header check refuses a tokens.npy whose dtype is not the one the manifest names.
+    why = f", as {MANIFEST}'s token_dtype says" if "token_dtype" in m else ", the default"
+    tokens = _open_npy(root / TOKENS, TOKEN_DTYPES[token_dtype], 2, files[TOKENS]["bytes"], why)
     if tokens.shape[1] != dim:
         raise _fail(root / TOKENS, f"shape check failed: {tokens.shape}, expected [R, {dim}]")
     weights = _open_npy(root / WEIGHTS, "<f4", 1, files[WEIGHTS]["bytes"])
@@ -519,17 +562,24 @@ def read_model_dir(path: str | Path, verify: bool = False) -> ModelDir:
 
 
 # ---------------------------------------------------------------------------------- sizes
-def table_footprint(entry: dict[str, Any], dim: int) -> tuple[int, int | None]:
+def table_footprint(
+    entry: dict[str, Any], dim: int, token_dtype: str = DEFAULT_TOKEN_DTYPE
+) -> tuple[int, int | None]:
     """Bytes a table takes in the directory, and bytes of its equivalent full table.
 
-    The equivalent full table is float32 with one row per distinct training value
-    (``cardinality`` rows of ``dim``); a ``full`` table is its own equivalent (rows and
-    vocabulary). None when a ``memrec`` table's cardinality is unknown.
+    The table's rows count ``token_dtype``'s item size (the manifest's, see
+    :func:`memrec_infer.token_dtype.manifest_token_dtype`). The equivalent full table is
+    float32 with one row per distinct training value (``cardinality`` rows of ``dim``); a
+    ``full`` table's equivalent is itself stored as float32 (rows and vocabulary). None when a
+    ``memrec`` table's cardinality is unknown.
     """
-    rows_bytes = entry["rows"] * dim * 4
+    # The baseline stays float32 whatever the storage: "x smaller than full tables" compares
+    # with the uncompressed model a checkpoint would serve, so float16 storage counts as
+    # compression too.
+    itemsize = np.dtype(TOKEN_DTYPES[token_dtype]).itemsize
+    rows, vocab_bytes = entry["rows"], (entry["rows"] - 1) * 8
     if entry["kind"] == "full":
-        size = rows_bytes + (entry["rows"] - 1) * 8
-        return size, size
-    size = rows_bytes + entry["weight_rows"] * entry["weight_cols"] * 4
+        return rows * dim * itemsize + vocab_bytes, rows * dim * 4 + vocab_bytes
+    size = rows * dim * itemsize + entry["weight_rows"] * entry["weight_cols"] * 4
     card = entry.get("cardinality")
     return size, (card * dim * 4 if _is_int(card) else None)

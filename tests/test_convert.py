@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnxruntime as ort
@@ -143,6 +144,7 @@ def test_cli_convert_and_info(checkpoint, tmp_path):
     result = runner.invoke(main, ["convert", str(checkpoint), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "validating as family memrec_dlrm" in result.stderr
+    assert "bytes of tables (float32 tokens)" in result.stderr
     assert "smaller than full tables" in result.stderr
 
     result = runner.invoke(main, ["convert", str(checkpoint), "-o", str(out)])
@@ -156,13 +158,84 @@ def test_cli_convert_and_info(checkpoint, tmp_path):
     result = runner.invoke(main, ["info", str(out)])
     assert result.exit_code == 0, result.output
     assert "carrier*flight" in result.stdout and "memrec" in result.stdout
+    assert ", float32 token rows," in result.stdout
     info = json.loads(runner.invoke(main, ["info", str(out), "--json"]).stdout)
+    assert info["token_dtype"] == "float32"
     shared = info["tables"][0]
     assert shared["bytes"] == 32 * D * 4 + 8 * 2 * 4
     assert shared["full_bytes"] == 5000 * D * 4
     assert info["compression"] == pytest.approx(
         (5000 * D * 4 + 11 * D * 4 + 10 * 8) / (shared["bytes"] + 11 * D * 4 + 10 * 8)
     )
+
+
+def test_cli_convert_float16_and_info(checkpoint, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "out"
+    args = ["convert", str(checkpoint), "-o", str(out), "--token-dtype", "float16"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "writing 2 table(s), float16 token rows" in result.stderr
+    assert np.load(out / "tokens.npy", mmap_mode="r").dtype == np.float16
+    assert np.load(out / "weights.npy", mmap_mode="r").dtype == np.float32
+    model = read_model_dir(out, verify=True)
+    assert model.manifest["token_dtype"] == "float16"
+    sd = make_checkpoint("dot", False)["state_dict"]
+    for table, key in (("shared", "token"), ("tailnum", "table")):
+        want = sd[f"embeddings.{table}.{key}"].numpy().astype(np.float16)
+        np.testing.assert_array_equal(model.tables[table].token, want)
+
+    # Token rows count 2 bytes a value; the full tables compared with stay float32.
+    shared, tail = 32 * D * 2 + 8 * 2 * 4, 11 * D * 2 + 10 * 8
+    full = 5000 * D * 4 + 11 * D * 4 + 10 * 8
+    total = shared + tail
+    assert (
+        f"3 sparse + 3 dense features, 2 table(s), {total:,} bytes of tables (float16 tokens), "
+        f"{full / total:.1f}x smaller than full tables"
+    ) in result.stderr
+
+    result = runner.invoke(main, ["info", str(out)])
+    assert result.exit_code == 0 and ", float16 token rows," in result.stdout
+    assert f"total: {total:,} bytes of tables" in result.stdout
+    info = json.loads(runner.invoke(main, ["info", str(out), "--json"]).stdout)
+    assert info["token_dtype"] == "float16" and info["table_bytes"] == total
+    assert info["tables"][0]["bytes"] == shared and info["tables"][0]["full_bytes"] == 5000 * D * 4
+    assert info["tables"][1]["full_bytes"] == 11 * D * 4 + 10 * 8
+    assert info["files"]["tokens.npy"] == model.manifest["files"]["tokens.npy"]["bytes"]
+
+    result = runner.invoke(main, [*args[:-1], "bfloat16", "--force"])
+    assert (
+        result.exit_code == 2 and "'bfloat16' is not one of 'float32', 'float16'" in result.stderr
+    )
+
+
+def test_float16_overflow_refused_with_nothing_left_behind(tmp_path):
+    ckpt = make_checkpoint()
+    ckpt["state_dict"]["embeddings.shared.token"][3, 1] = 7e4
+    path = tmp_path / "m.pt"
+    torch.save(ckpt, path)
+    out = tmp_path / "new" / "out"  # its parent does not exist yet either
+    msg = (
+        rf"{re.escape(str(path))}: cannot store the token tables as float16, whose largest "
+        r"value is 65504: table 'shared' row 3 column 1 holds 70000\.0; convert with "
+        r"--token-dtype float32"
+    )
+    with pytest.raises(CheckpointError, match=msg):
+        convert(path, out, token_dtype="float16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["convert", str(path), "-o", str(out), "--token-dtype", "float16"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert re.search(f"^Error: {msg}", result.stderr, re.MULTILINE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+    with pytest.raises(ValueError, match=r"token_dtype must be one of 'float32', 'float16'"):
+        convert(path, out, token_dtype="half")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+    # What the message advises works: float32 holds the value exactly.
+    convert(path, out)
+    assert read_model_dir(out).tables["shared"].token[3, 1] == 7e4
 
 
 def test_cli_info_unknown_cardinality(tmp_path):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 
 import numpy as np
 import pytest
 from test_onnx_graph import as_numpy, make_checkpoint
 
 from memrec_infer import load
-from memrec_infer.errors import InvalidModelError
+from memrec_infer.errors import CheckpointError, InvalidModelError
 from memrec_infer.families import get_family
 from memrec_infer.model_dir import (
     parse_seeds,
@@ -22,11 +24,16 @@ from memrec_infer.onnx_graph import OPSET, build_dense_graph
 from memrec_infer.spec import table_rows, table_vocab, table_weight
 
 
-def _write(directory):
-    spec = get_family("memrec_dlrm").to_spec(as_numpy(make_checkpoint()))
+def _spec():
+    return get_family("memrec_dlrm").to_spec(as_numpy(make_checkpoint()))
+
+
+def _write(directory, token_dtype="float32", spec=None):
+    spec = spec if spec is not None else _spec()
     directory.mkdir()
     source = {"checkpoint": "model.pt", "sha256": "0" * 64, "train": {}}
-    write_model_dir(spec, directory, build_dense_graph(spec), OPSET, source, writer_versions())
+    graph = build_dense_graph(spec)
+    write_model_dir(spec, directory, graph, OPSET, source, writer_versions(), token_dtype)
     return spec
 
 
@@ -46,6 +53,7 @@ def test_round_trip(tmp_path):
     m = json.loads(text)
     assert text.strip() == json.dumps(m, sort_keys=True, indent=1)
     assert m["format_version"] == 1 and m["hashing"] == "memrec-hash-v1"
+    assert m["token_dtype"] == "float32" and model.tokens.dtype == np.float32
     assert m["dense_graph"]["opset"] == OPSET
     assert sorted(m["files"]) == ["dense.onnx", "tokens.npy", "vocab.npy", "weights.npy"]
     assert [(f["name"], f["slot"]) for f in m["sparse"]] == [
@@ -139,7 +147,7 @@ def test_wrong_dtype_in_npy_refused(tmp_path):
     np.save(d / "tokens.npy", tokens.astype(np.float64))
     size = (d / "tokens.npy").stat().st_size
     _edit_manifest(d, lambda m: m["files"]["tokens.npy"].update(bytes=size))
-    with pytest.raises(InvalidModelError, match=r"tokens\.npy: expected <f4"):
+    with pytest.raises(InvalidModelError, match=r"tokens\.npy: expected <f4 \(float32, as"):
         read_model_dir(d)
 
 
@@ -197,3 +205,109 @@ def test_table_footprint():
     assert table_footprint({**memrec, "cardinality": None}, 8)[1] is None
     full = {"kind": "full", "rows": 5}
     assert table_footprint(full, 8) == (5 * 8 * 4 + 4 * 8,) * 2
+    # float16 halves the token rows only; the equivalent full table stays float32.
+    assert table_footprint(memrec, 8, "float16") == (10 * 8 * 2 + 4 * 2 * 4, 1000 * 8 * 4)
+    assert table_footprint(full, 8, "float16") == (5 * 8 * 2 + 4 * 8, 5 * 8 * 4 + 4 * 8)
+
+
+# ---------------------------------------------------------------------------------- float16
+def test_float16_round_trip(tmp_path):
+    spec = _spec()
+    rows = spec.tensors[table_rows("shared")]
+    # Ties between two float16 neighbours go to the even one (a truncating cast would give
+    # 1 + 2**-10 for the second); the float16 extremes are stored exactly.
+    rows[0] = [1 + 2**-11, 1 + 3 * 2**-11, 65504.0, -65504.0]
+    d = tmp_path / "model"
+    _write(d, "float16", spec)
+    model = read_model_dir(d, verify=True)
+    m = model.manifest
+    assert json.loads((d / "manifest.json").read_text())["token_dtype"] == "float16"
+
+    assert model.tokens.dtype == np.float16 and model.weights.dtype == np.float32
+    assert _npy_header(d / "tokens.npy")[0] == "<f2"
+    shared, tail = model.tables["shared"], model.tables["tailnum"]
+    assert shared.token[0].tolist() == [1.0, 1 + 2**-9, 65504.0, -65504.0]
+    for table, got in (("shared", shared), ("tailnum", tail)):
+        want = spec.tensors[table_rows(table)].astype(np.float16)
+        np.testing.assert_array_equal(got.token, want)
+        assert got.token.dtype == np.float16
+    assert not np.array_equal(shared.token.astype(np.float32), rows)  # really rounded
+    np.testing.assert_array_equal(shared.weight, spec.tensors[table_weight("shared")])
+    np.testing.assert_array_equal(tail.vocab, spec.tensors[table_vocab("tailnum")])
+
+    data = (d / "tokens.npy").read_bytes()
+    offset = _npy_header(d / "tokens.npy")[1]
+    entry = m["files"]["tokens.npy"]
+    assert offset % 64 == 0
+    n_values = sum(t.rows for t in spec.tables) * spec.embedding_dim
+    assert entry["bytes"] == len(data) == offset + n_values * 2
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+    # Half the token bytes of the same model stored as float32; the other files are unchanged.
+    _write(tmp_path / "f32", "float32", _spec())
+    m32 = json.loads((tmp_path / "f32" / "manifest.json").read_text())
+    assert m32["files"]["tokens.npy"]["bytes"] - offset == 2 * (entry["bytes"] - offset)
+    for name in ("weights.npy", "vocab.npy"):
+        assert m["files"][name] == m32["files"][name], name
+
+
+def _npy_header(path):
+    """(descr, data offset) of a .npy file."""
+    with open(path, "rb") as f:
+        np.lib.format.read_magic(f)
+        dtype = np.lib.format.read_array_header_1_0(f)[2]
+        return dtype.str, f.tell()
+
+
+def test_manifest_without_token_dtype_loads_as_float32(tmp_path):
+    d = tmp_path / "model"
+    spec = _write(d)
+    _edit_manifest(d, lambda m: m.pop("token_dtype"))  # as written before the key existed
+    model = read_model_dir(d, verify=False)
+    assert "token_dtype" not in model.manifest and model.tokens.dtype == np.float32
+    np.testing.assert_array_equal(model.tables["shared"].token, spec.tensors[table_rows("shared")])
+
+
+@pytest.mark.parametrize("value", ["bfloat16", "<f2", None, 16])
+def test_unknown_token_dtype_refused(tmp_path, value):
+    d = tmp_path / "model"
+    _write(d)
+    _edit_manifest(d, lambda m: m.update(token_dtype=value))
+    with pytest.raises(
+        InvalidModelError,
+        match=rf"manifest\.json: 'token_dtype' must be one of 'float32', 'float16' .*found "
+        rf"{re.escape(repr(value))}$",
+    ):
+        read_model_dir(d)
+
+
+@pytest.mark.parametrize("written,claimed", [("float32", "float16"), ("float16", "float32")])
+def test_token_dtype_that_disagrees_with_the_file_refused(tmp_path, written, claimed):
+    d = tmp_path / "model"
+    _write(d, written)
+    _edit_manifest(d, lambda m: m.update(token_dtype=claimed))
+    want, found = np.dtype(claimed).str, np.dtype(written).str
+    with pytest.raises(
+        InvalidModelError,
+        match=rf"tokens\.npy: expected {want} \({claimed}, as manifest\.json's token_dtype "
+        rf"says\) C-order 2-d array, found {found} \({written}\)",
+    ):
+        read_model_dir(d)
+
+
+def test_float16_overflow_refused_before_writing(tmp_path):
+    spec = _spec()
+    spec.tensors[table_rows("tailnum")][5, 3] = -70000.0
+    spec.tensors[table_rows("shared")][2, 1] = 65505.0  # rounds to 65504, but is beyond it
+    spec.tensors[table_rows("shared")][9, 0] = 1e30
+    d = tmp_path / "model"
+    with pytest.raises(CheckpointError) as err:
+        _write(d, "float16", spec)
+    msg = str(err.value)
+    assert msg.startswith("model.pt: cannot store the token tables as float16")
+    assert "table 'shared' row 2 column 1 holds 65505.0 (2 values of this table" in msg
+    assert "table 'tailnum' row 5 column 3 holds -70000.0;" in msg
+    assert "convert with --token-dtype float32" in msg
+    assert list(d.iterdir()) == []  # nothing written
+    with pytest.raises(ValueError, match=r"token_dtype must be one of 'float32', 'float16'"):
+        _write(tmp_path / "other", "half", _spec())
+    assert list((tmp_path / "other").iterdir()) == []

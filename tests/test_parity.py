@@ -74,6 +74,37 @@ def test_engine_matches_pytorch_on_flights_test_split(variant, flights, tmp_path
     assert np.std(engine) > 1e-3
 
 
+@pytest.mark.parametrize("variant", ["memrec-per-hash-sum", "full-tables"])
+def test_float16_tokens_match_pytorch_with_rounded_tables(variant, flights, tmp_path):
+    """A float16 model scores as PyTorch does once its tables are rounded through float16."""
+    train_rows, test_rows = flights
+    ckpt = tmp_path / "model.pt"
+    train(train_rows, "delayed", DENSE, split=None, output=ckpt, seed=3, threads=1,
+          log=None, **VARIANTS[variant])  # fmt: skip
+    convert(ckpt, tmp_path / "model", token_dtype="float16")
+
+    engine = memrec_infer.load(tmp_path / "model").predict(test_rows)
+    torch_model = load_checkpoint(ckpt)
+    exact = torch_model.predict(test_rows)
+    rounded = []
+    for name, w in torch_model.model.named_parameters():
+        if name.endswith((".token", ".table")):  # MEM-REC token rows, full-table rows
+            w.data = w.data.half().float()
+            rounded.append(name)
+    reference = torch_model.predict(test_rows)
+
+    assert len(rounded) == len(VARIANTS[variant]["sparse"])
+    assert engine.dtype == np.float32 and engine.shape == (test_rows.num_rows,)
+    np.testing.assert_allclose(engine, reference, rtol=0, atol=1e-5)
+    # The tolerance above is wider than float16's effect on these scores (up to ~9e-6), so
+    # also check that the engine follows the rounded tables, not the checkpoint's: its error
+    # (~1e-7, as with float32 tables) is far below the rounding's.
+    rounding = np.abs(exact - reference).max()
+    assert rounding > 1e-6
+    assert np.abs(engine - reference).max() < 0.1 * rounding
+    assert np.std(engine) > 1e-3
+
+
 def test_batch_size_does_not_change_scores(flights, tmp_path):
     train_rows, test_rows = flights
     ckpt = tmp_path / "model.pt"

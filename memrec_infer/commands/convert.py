@@ -20,8 +20,20 @@ from ..errors import MemrecError
     "(model.pt -> model/).",
 )
 @click.option("--force", is_flag=True, help="Replace the output directory if it is not empty.")
+@click.option(
+    "--token-dtype",
+    # memrec_infer.token_dtype.TOKEN_DTYPES, spelled out: `convert -h` then imports no numpy.
+    type=click.Choice(["float32", "float16"]),
+    default="float32",
+    show_default=True,
+    help="How tokens.npy stores the token (and full-table) rows. float16 halves their bytes; "
+    "each value is rounded to nearest even, keeping 11 significant bits, so scores then differ "
+    "from the checkpoint's by that rounding. A value beyond float16's range (65504) is refused.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
-def command(checkpoint: Path, output: Path | None, force: bool, quiet: bool) -> None:
+def command(
+    checkpoint: Path, output: Path | None, force: bool, token_dtype: str, quiet: bool
+) -> None:
     """Convert a trained checkpoint into a self-contained model directory.
 
     The checkpoint is read without torch and without running code from it, validated (every
@@ -32,23 +44,25 @@ def command(checkpoint: Path, output: Path | None, force: bool, quiet: bool) -> 
     Example:
       memrec-infer convert model.pt -o model/
       memrec-infer convert model.pt --force        # writes model/, replacing it
+      memrec-infer convert model.pt -o model16/ --token-dtype float16
     """
     from ..convert import convert
     from ..model_dir import table_footprint
+    from ..token_dtype import manifest_token_dtype
 
     log = None if quiet else (lambda msg: click.echo(msg, err=True))
     try:
-        manifest = convert(checkpoint, output, force=force, log=log)
+        manifest = convert(checkpoint, output, force=force, log=log, token_dtype=token_dtype)
     except MemrecError as exc:
         raise click.ClickException(str(exc)) from exc
     if quiet:
         return
-    dim = manifest["embedding_dim"]
-    sizes = [table_footprint(t, dim) for t in manifest["tables"]]
+    dim, stored = manifest["embedding_dim"], manifest_token_dtype(manifest)
+    sizes = [table_footprint(t, dim, stored) for t in manifest["tables"]]
     total = sum(s for s, _ in sizes)
     line = (
         f"{manifest['path']}: {len(manifest['sparse'])} sparse + {len(manifest['dense'])} "
-        f"dense features, {len(sizes)} table(s), {total:,} bytes of tables"
+        f"dense features, {len(sizes)} table(s), {total:,} bytes of tables ({stored} tokens)"
     )
     if all(f is not None for _, f in sizes) and total:
         line += f", {sum(f for _, f in sizes) / total:.1f}x smaller than full tables"

@@ -14,16 +14,18 @@ from ..errors import MemrecError
 def describe(manifest: dict[str, Any]) -> dict[str, Any]:
     """A JSON-able description of a model directory's manifest.
 
-    Each table has ``bytes`` (what it occupies in the directory) and ``full_bytes`` (its
-    equivalent full float32 table: one row per distinct training value; None if the trainer
-    did not record the cardinality); ``compression`` is their ratio.
+    Each table has ``bytes`` (what it occupies in the directory, its rows counted at
+    ``token_dtype``'s item size) and ``full_bytes`` (its equivalent full float32 table: one row
+    per distinct training value; None if the trainer did not record the cardinality);
+    ``compression`` is their ratio.
     """
     from ..model_dir import table_footprint
+    from ..token_dtype import manifest_token_dtype
 
-    dim = manifest["embedding_dim"]
+    dim, token_dtype = manifest["embedding_dim"], manifest_token_dtype(manifest)
     tables = []
     for t in manifest["tables"]:
-        size, full = table_footprint(t, dim)
+        size, full = table_footprint(t, dim, token_dtype)
         entry = {
             "name": t["name"],
             "kind": t["kind"],
@@ -45,6 +47,7 @@ def describe(manifest: dict[str, Any]) -> dict[str, Any]:
         "family": manifest["family"],
         "family_revision": manifest["family_revision"],
         "embedding_dim": dim,
+        "token_dtype": token_dtype,
         "interaction": manifest.get("interaction"),
         "label": manifest.get("label"),
         "dense": manifest["dense"],
@@ -79,8 +82,8 @@ def render(d: dict[str, Any], path: Path) -> str:
     """The text form of :func:`describe` for the terminal."""
     out = [
         f"{path}: format {d['format_version']}, family {d['family']} rev "
-        f"{d['family_revision']}, D={d['embedding_dim']}, interaction {d['interaction']}, "
-        f"label {d['label']}",
+        f"{d['family_revision']}, D={d['embedding_dim']}, {d['token_dtype']} token rows, "
+        f"interaction {d['interaction']}, label {d['label']}",
         f"dense features ({len(d['dense'])}): "
         + ", ".join(f"{x['name']} [{x['transform']}]" for x in d["dense"]),
         f"sparse features ({len(d['sparse'])}):",
@@ -134,7 +137,8 @@ def command(model: Path, as_json: bool, verify: bool) -> None:
     """Describe a model directory: features, tables, bytes, compression.
 
     Compression compares each table with its equivalent full float32 table (one row per
-    distinct training value, as recorded by the trainer; "unknown" if not recorded).
+    distinct training value, as recorded by the trainer; "unknown" if not recorded), whatever
+    the model's token dtype: a float16 model counts its halved token bytes.
 
     \b
     Example:
