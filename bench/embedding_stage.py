@@ -8,7 +8,8 @@ Usage (from the repository root)::
 Writes ``bench/reports/embedding_stage.{md,png,json}`` (``embedding_stage-quick.*`` with
 ``--quick``). Each D runs in two worker processes (``embedding_worker.py``): one where torch
 allocates with transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``, the strongest baseline, plus
-our full-table kernel and the gather rates), then one with torch's default allocator. Each
+MEM-REC with float16 token tables, our full-table kernel and the gather rates), then one with
+torch's default allocator. Each
 worker measures MEM-REC itself, so every ratio comes from one process. A D whose full tables do
 not fit in the memory available is skipped and the report says so.
 """
@@ -54,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-mib", type=float, default=8.0, help="all MEM-REC tables together")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-default-torch", action="store_true", help="skip the no-THP worker")
+    p.add_argument("--no-half", action="store_true", help="skip MEM-REC with float16 token tables")
     p.add_argument("--quick", action="store_true", help="D=16, B in {1, 1024}, short timings")
     p.add_argument("--out", type=Path, default=None, help="report path without suffix")
     p.add_argument(
@@ -124,9 +126,12 @@ def main(argv: list[str] | None = None) -> None:
     workers = []
     for dim in args.dims:
         settings = {**base, "dim": dim}
-        workers.append(run_worker({**settings, "full_kernel": True, "gather": True}, thp=True))
+        # float16 token tables are timed in the strongest baseline's worker only.
+        first = {**settings, "full_kernel": True, "gather": True, "half": not args.no_half}
+        workers.append(run_worker(first, thp=True))
         if not args.no_default_torch:
-            workers.append(run_worker({**settings, "full_kernel": False, "gather": False}, False))
+            rest = {**settings, "full_kernel": False, "gather": False, "half": False}
+            workers.append(run_worker(rest, False))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = embedding_report.markdown(
         info, {**base, "png": args.out.with_suffix(".png").name}, workers

@@ -6,6 +6,8 @@ once at start-up. Everything compared in one ratio is measured here, interleaved
 (``timing.measure``), on the same batches:
 
 - ``memrec``: :meth:`BagPlan.lookup` over 26 MEM-REC tables, output ``[B, F, D]`` preallocated;
+- ``memrec_half``: the same tables with their token rows stored as float16 (``convert
+  --token-dtype float16``): same hashes and weights, half the token bytes;
 - ``torch_tables``: one ``torch.nn.EmbeddingBag(mode="sum")`` per table, as DLRM does;
 - ``torch_fused``: one ``EmbeddingBag`` over the 26 tables stacked, sample-major bags
   (its output ``[B * F, D]`` is ``[B, F, D]``);
@@ -79,6 +81,12 @@ def memrec_plan(settings: dict, rng: np.random.Generator) -> tuple[BagPlan, dict
     return plan, info
 
 
+def half_plan(plan: BagPlan) -> BagPlan:
+    """``plan`` with its token rows rounded to float16 (what ``--token-dtype float16`` serves)."""
+    tokens = plan.tokens.astype(np.float16)
+    return make_plan(list(plan.features), tokens, plan.weights, plan.vocab, huge_pages=True)
+
+
 def full_weight(torch, total_rows: int, dim: int, seed: int):
     """The stacked full tables, float32 ``[total_rows, dim]``, filled chunk by chunk."""
     weight = torch.empty((total_rows, dim), dtype=torch.float32)
@@ -91,11 +99,15 @@ def full_weight(torch, total_rows: int, dim: int, seed: int):
     return weight
 
 
-def contenders(torch, plan, tables, fused, weight_np, bags: Bags, full: bool) -> dict:
-    """Zero-argument callables, one per contender, on preallocated inputs and outputs."""
+def contenders(torch, plans, tables, fused, weight_np, bags: Bags, full: bool) -> dict:
+    """Zero-argument callables, one per contender, on preallocated inputs and outputs.
+
+    ``plans``: the MEM-REC plans by contender name (``memrec``, and ``memrec_half`` if run).
+    """
     nf = bags.offsets.shape[0]
     nb = bags.batch
     dim = weight_np.shape[1]
+    plan = plans["memrec"]
     out = plan.empty_output(nb)  # 64-byte aligned, as the engine's own buffers (so it can stream)
     per_table = []
     for f in range(nf):
@@ -111,6 +123,9 @@ def contenders(torch, plan, tables, fused, weight_np, bags: Bags, full: bool) ->
         "torch_tables": lambda: [emb(i, o) for emb, i, o in per_table],
         "torch_fused": lambda: fused(fused_idx, fused_offs),
     }
+    if "memrec_half" in plans:
+        half, out_half = plans["memrec_half"], plan.empty_output(nb)
+        calls["memrec_half"] = lambda: half.lookup(bags.rows, bags.offsets, out=out_half)
     if full:
         # The floor: only writing an output of the same shape, as the engine writes it.
         calls["write_floor"] = write_call(empty_aligned((nb * nf, dim)))
@@ -159,6 +174,9 @@ def run(settings: dict) -> dict:
     t0 = time.perf_counter()
     rng = np.random.default_rng(settings["seed"])
     plan, result["memrec"] = memrec_plan(settings, rng)
+    plans = {"memrec": plan}
+    if settings.get("half", True):
+        plans["memrec_half"] = half_plan(plan)
     weight = full_weight(torch, total, dim, settings["seed"] + 1)
     weight_np = weight.numpy()
     bases = np.concatenate([[0], np.cumsum(cards)]).astype(np.int64)
@@ -179,7 +197,7 @@ def run(settings: dict) -> dict:
                     bags = make_bags(
                         np.random.default_rng(seed), cards, batch, dist, hot == "multi"
                     )
-                    calls = contenders(torch, plan, tables, fused, weight_np, bags, full)
+                    calls = contenders(torch, plans, tables, fused, weight_np, bags, full)
                     if l2_table is not None and hot == "one" and batch == max(settings["batches"]):
                         # Same bags x rows per bag as MEM-REC, timed in the same rotation.
                         calls["gather_l2"], _ = gather_call(l2_table, bags.num_ids, settings["k"])
