@@ -103,6 +103,12 @@ def _plain_ids(arr: pa.Array | np.ndarray) -> np.ndarray:
     if isinstance(arr, np.ndarray):  # integers, from a dict batch
         return arr.astype(np.int64, copy=False)
     t = arr.type
+    if pa.types.is_integer(t):  # the common case first (a dictionary type is not an integer)
+        if arr.null_count:
+            arr = pc.fill_null(pc.cast(arr, pa.int64(), safe=False), int(NULL_ID))
+        # A zero-copy view, widened by NumPy: uint64 values >= 2**63 wrap to negative ids, as
+        # the spec says.
+        return arr.to_numpy().astype(np.int64, copy=False)
     if pa.types.is_dictionary(t):
         dict_ids = _plain_ids(arr.dictionary)
         idx = pc.fill_null(arr.indices, 0).to_numpy(zero_copy_only=False)
@@ -112,12 +118,6 @@ def _plain_ids(arr: pa.Array | np.ndarray) -> np.ndarray:
         return out
     if pa.types.is_null(t):
         return np.full(len(arr), NULL_ID, dtype=np.int64)
-    if pa.types.is_integer(t):
-        if arr.null_count:
-            arr = pc.fill_null(pc.cast(arr, pa.int64(), safe=False), int(NULL_ID))
-        # A zero-copy view, widened by NumPy: uint64 values >= 2**63 wrap to negative ids, as
-        # the spec says.
-        return arr.to_numpy().astype(np.int64, copy=False)
     if pa.types.is_string_view(t) or pa.types.is_binary_view(t):
         arr = pc.cast(arr, pa.large_binary())
         t = arr.type
@@ -178,6 +178,7 @@ class FeaturePrep:
         self._columns = self._all_columns()
         self._feature_starts = np.arange(len(self.sparse), dtype=np.int64)
         self._checked: pa.Schema | None = None
+        self._checked_index: list[int] = []  # the columns' positions in ``self._checked``
         self._checked_signature: tuple | None = None
 
     @property
@@ -217,20 +218,27 @@ class FeaturePrep:
         """Prepare one batch of raw columns (pyarrow Table/RecordBatch or dict of arrays)."""
         if isinstance(batch, pa.Table | pa.RecordBatch):
             schema = batch.schema
-            # Batches of one stream share a schema: check it once, not on every call.
-            if self._checked is None or not schema.equals(self._checked):
+            # Batches of one stream share a schema: check it once, not on every call, and find
+            # its columns by position (by name, Arrow searches the schema every time).
+            if self._checked is None or not (
+                schema is self._checked or schema.equals(self._checked)
+            ):
                 self.check_schema(schema)
                 self._checked = schema
+                self._checked_index = [schema.get_field_index(c) for c in self._columns]
+            n = batch.num_rows
+            columns = _arrow_columns(batch, self._columns, self._checked_index)
         else:
             batch = _DictColumns(batch, self._columns)
             if batch.signature != self._checked_signature:
                 self.check_schema(batch.schema())
                 self._checked_signature = batch.signature
-        n = batch.num_rows
-        dense = self._dense_matrix(batch, n)
+            n = batch.num_rows
+            columns = batch.columns
+        dense = self._dense_matrix(columns, n)
         # A column feeding several features (alone and in crosses) is hashed once per batch.
         column_ids: dict[str, np.ndarray] = {}
-        bags = [self._sparse_feature(batch, s, column_ids) for s in self.sparse]
+        bags = [self._sparse_feature(columns, s, column_ids) for s in self.sparse]
         steps = np.arange(n + 1, dtype=np.int64)
         if bags and all(lengths is None for _, lengths in bags):
             # Every feature one-hot: feature f's bags start at f * n. Two NumPy calls instead
@@ -254,11 +262,11 @@ class FeaturePrep:
             base += len(ids)
         return PreparedBatch(num_rows=n, dense=dense, values=values, offsets=offsets)
 
-    def _dense_matrix(self, batch: _Columns, n: int) -> np.ndarray:
+    def _dense_matrix(self, columns: _Columns, n: int) -> np.ndarray:
         """float32 [B, n_dense]: columns as float32, nulls/NaN -> fill, then the transforms."""
         dense = np.empty((n, len(self.dense)), dtype=np.float32)
         for j, d in enumerate(self.dense):
-            arr = _column(batch, d["name"])
+            arr = columns[d["name"]]
             if isinstance(arr, np.ndarray):
                 dense[:, j] = arr  # numbers or bools; NaN is null
                 continue
@@ -284,7 +292,7 @@ class FeaturePrep:
 
     def _sparse_feature(
         self,
-        batch: _Columns,
+        columns: _Columns,
         s: Mapping[str, Any],
         column_ids: dict[str, np.ndarray],
     ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -293,10 +301,10 @@ class FeaturePrep:
             ids = []
             for c in s["columns"]:
                 if c not in column_ids:
-                    column_ids[c] = _plain_ids(_column(batch, c))
+                    column_ids[c] = _plain_ids(columns[c])
                 ids.append(column_ids[c])
             return (cross_ids(np.stack(ids)) if s["dtype"] == "cross" else ids[0]), None
-        arr = _column(batch, s["columns"][0])
+        arr = columns[s["columns"][0]]
         if pa.types.is_list_view(arr.type):
             arr = pc.cast(arr, pa.large_list(arr.type.value_type))
         lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
@@ -351,10 +359,14 @@ def _dict_column(name: str, v: Any) -> pa.Array | np.ndarray:
     return pa.array(v)
 
 
-_Columns = pa.Table | pa.RecordBatch | _DictColumns
+# A batch's columns by name: Arrow arrays, or NumPy arrays of numbers from a dict batch.
+_Columns = dict[str, pa.Array | np.ndarray]
 
 
-def _column(batch: _Columns, name: str) -> pa.Array | np.ndarray:
-    if isinstance(batch, _DictColumns):
-        return batch.columns[name]
-    return _combine(batch.column(name))
+def _arrow_columns(
+    batch: pa.Table | pa.RecordBatch, names: list[str], index: list[int]
+) -> _Columns:
+    """The model's columns of an Arrow batch, each one contiguous array, fetched by position."""
+    if isinstance(batch, pa.RecordBatch):
+        return {c: batch.column(i) for c, i in zip(names, index, strict=True)}
+    return {c: _combine(batch.column(i)) for c, i in zip(names, index, strict=True)}

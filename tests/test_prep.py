@@ -109,6 +109,24 @@ def test_chunked_columns_match_single_chunk():
     np.testing.assert_array_equal(a.dense, b.dense)
 
 
+def test_batches_whose_columns_move_between_calls_are_read_by_name():
+    # One FeaturePrep finds columns by position in the schema it last checked: a batch whose
+    # columns come in another order, or with extra ones, must still be read by name.
+    prep = FeaturePrep(DENSE[:2], [one_hot("x"), one_hot("y", "string")])
+    cols = {"a": [1.0, 2.0], "b": [0.5, None], "x": [7, 8], "y": ["p", "q"]}
+    want = prep(pa.table(cols))
+    for t in (
+        pa.table({k: cols[k] for k in ("y", "x", "b", "a")}),
+        pa.table({"extra": [0, 0], **cols}).select(["x", "extra", "a", "y", "b"]),
+        pa.table(cols).to_batches()[0],
+        pa.table(cols),
+    ):
+        got = prep(t)
+        np.testing.assert_array_equal(got.dense, want.dense)
+        np.testing.assert_array_equal(got.values, want.values)
+        np.testing.assert_array_equal(got.offsets, want.offsets)
+
+
 def test_schema_errors_name_every_column():
     prep = FeaturePrep(DENSE[:1], [one_hot("i"), one_hot("s", "string"), one_hot("m")])
     t = pa.table({"a": ["text"], "i": ["not an int"], "s": [1]})
