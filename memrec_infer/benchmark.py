@@ -79,6 +79,7 @@ class BenchResult:
     input: str
     features: int
     dim: int
+    token_dtype: str  # how the model stores its token rows: "float32" or "float16"
     startup_s: float
     load_s: float
     kernels_s: float  # loading (the first time on a machine: compiling) the lookup kernels
@@ -325,6 +326,7 @@ def run_benchmark(
         input=source,
         features=model.plan.num_features,
         dim=model.plan.dim,
+        token_dtype=model.plan.tokens.dtype.name,
         startup_s=startup_s,
         load_s=load_s,
         kernels_s=kernels_s,
@@ -390,7 +392,8 @@ def _machine() -> dict[str, Any]:
 def format_table(result: BenchResult) -> str:
     """The results as a text table for people."""
     lines = [
-        f"model: {result.model} (F={result.features}, D={result.dim})",
+        f"model: {result.model} (F={result.features}, D={result.dim}, "
+        f"{result.token_dtype} token rows)",
         f"input: {result.input}",
         f"machine: {result.machine.get('cpu')}, {result.machine.get('cores')} cores",
         f"startup: first batch scored {result.startup_s:.2f} s after process start "

@@ -36,7 +36,7 @@ def bench(*args: str, code: int = 0):
 def test_json_has_every_stage_for_every_batch_size(flights_model_dir):
     out = json.loads(bench(str(flights_model_dir), *FAST, "--json").stdout)
     assert [(r["threads"], r["batch"]) for r in out["results"]] == [(1, 1), (1, 8)]
-    assert (out["features"], out["dim"]) == (5, 16)
+    assert (out["features"], out["dim"], out["token_dtype"]) == (5, 16, "float32")
     assert out["startup_s"] > 0 and out["load_s"] > 0 and out["kernels_s"] >= 0
     for r in out["results"]:
         assert r["iterations"] == 3  # --iterations caps the timed calls
