@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numba
 import numpy as np
 import pytest
 
 from memrec_infer.kernels import _alloc, _bag_kernels
+from memrec_infer.kernels._intrinsics import bag_rows_weighted, rows1_add, rows2_set
 from memrec_infer.kernels.bags import FeatureTable, full_bag_rows, make_plan
 from memrec_infer.kernels.hashing import draw_seeds
 from memrec_infer.kernels.ids import NULL_ID
@@ -427,9 +429,10 @@ def test_lookup_kernels_hold_one_signature_whatever_they_are_called_with():
 
 # ---------------------------------------------------------------- half (float16) token rows
 
-# Half rows compile their own kernels (~105 s per D): D = 16 (one vector, streamed outputs) and
-# D = 20 (a vector and a scalar tail) cover every load the row updates make.
-HALF_DIMS = [16, 20]
+# Half rows compile their own lookup kernels (~105 s per D, so one D here: 16, one vector a row,
+# streamed outputs); the scalar tail of other widths is checked on the row updates themselves
+# (``test_half_row_updates_with_a_scalar_tail``), which compile in a second.
+HALF_DIMS = [16]
 
 
 def half_and_widened(tokens):
@@ -458,6 +461,36 @@ def test_half_token_rows_pool_to_the_bits_of_their_float32_values(parallel, dim,
     np.testing.assert_array_equal(got, want)
     ref = ref_lookup(features, widened, weights, vocab, values, offsets)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def _half_row_updates(dim):
+    # The two row updates every lookup path is built from, on a table of half rows, with a
+    # constant width as the kernels have it.
+    @numba.njit
+    def run(out, src, hb, ab):
+        rows2_set(dim, out, 0, src, hb[0, 0], ab[0, 0], hb[1, 0], ab[1, 0])
+        rows1_add(dim, out, 0, src, hb[0, 1], ab[0, 1])
+        bag_rows_weighted(dim, out, 1, src, hb, ab, 0, 3, 2, 1)
+
+    return run
+
+
+def test_half_row_updates_with_a_scalar_tail():
+    # D = 20: one 16-wide vector and four scalars per row, both widened from half.
+    rng = np.random.default_rng(46)
+    dim = 20
+    half = rng.standard_normal((9, dim)).astype(np.float16)
+    widened = half.astype(np.float32)
+    hb = np.array([[3, 5, 1], [7, 0, 8]], np.int64)
+    ab = rng.standard_normal((2, 3)).astype(np.float32)
+    got, want = np.zeros((2, dim), np.float32), np.zeros((2, dim), np.float32)
+    _half_row_updates(dim)(got, half.view(_bag_kernels.HALF), hb, ab)
+    _half_row_updates(dim)(want, widened, hb, ab)
+    np.testing.assert_array_equal(got, want)
+    w = ab.astype(np.float64)
+    ref0 = w[0, 0] * widened[3] + w[1, 0] * widened[7] + w[0, 1] * widened[5]
+    ref1 = sum(w[j, q] * widened[hb[j, q]] for q in range(3) for j in range(2))
+    np.testing.assert_allclose(got, np.stack([ref0, ref1]), rtol=1e-5, atol=1e-5)
 
 
 def test_half_token_rows_streamed_and_in_huge_pages(always_stream, tmp_path):
