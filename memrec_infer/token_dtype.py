@@ -38,7 +38,7 @@ _CHUNK = 1 << 24
 
 def check_token_dtype(name: Any) -> str:
     """``name`` if it is a supported token dtype, else ValueError listing the supported ones."""
-    if name not in TOKEN_DTYPES:
+    if not isinstance(name, str) or name not in TOKEN_DTYPES:
         raise ValueError(
             f"token_dtype must be one of {', '.join(map(repr, TOKEN_DTYPES))}, found {name!r}"
         )

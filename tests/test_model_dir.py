@@ -267,7 +267,7 @@ def test_manifest_without_token_dtype_loads_as_float32(tmp_path):
     np.testing.assert_array_equal(model.tables["shared"].token, spec.tensors[table_rows("shared")])
 
 
-@pytest.mark.parametrize("value", ["bfloat16", "<f2", None, 16])
+@pytest.mark.parametrize("value", ["bfloat16", "<f2", None, 16, ["float16"]])
 def test_unknown_token_dtype_refused(tmp_path, value):
     d = tmp_path / "model"
     _write(d)
