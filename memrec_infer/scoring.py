@@ -252,8 +252,10 @@ def score_parquet(
 
     bar = Progress(total, stream=stream, enabled=progress)
     if isinstance(model, Model) and total:
-        # Before the first batch, so a first run on a machine says why it waits a minute.
-        model.load_kernels([min(batch_size, total)], on_slow=lambda: bar.message(COMPILING_NOTICE))
+        # Before the first batch, so a first run on a machine says why it waits a minute: the
+        # kernels of the full batches and of the last, shorter one (it may take the serial one).
+        sizes = {min(batch_size, total), total % batch_size or batch_size}
+        model.load_kernels(sizes, on_slow=lambda: bar.message(COMPILING_NOTICE))
         bar.restart()  # a compile's minute is not the rows' rate
     try:
         with ScoresWriter(out_path, out_schema, partitioned=partitioned, part_rows=part_rows) as w:

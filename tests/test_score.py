@@ -367,6 +367,20 @@ def test_load_kernels_says_why_it_waits_only_when_slow(flights_model_dir, monkey
     assert calls == ["slow"]
 
 
+def test_scoring_loads_the_last_short_batch_kernel_up_front(
+    flights_model_dir, flights_table, tmp_path, monkeypatch
+):
+    # 1000 + 10 rows in batches of 1000: the last batch takes the serial kernel, which a first
+    # run would otherwise compile after the bar, unannounced.
+    model = load(flights_model_dir, threads=1)
+    asked = []
+    monkeypatch.setattr(model.plan, "load_kernels", lambda sizes: asked.append(sorted(sizes)))
+    pq.write_table(flights_table.slice(0, 1010), tmp_path / "in.parquet")
+    score_parquet(model, [tmp_path / "in.parquet"], tmp_path / "out.parquet", batch_size=1000,
+                  progress=False)  # fmt: skip
+    assert asked == [[10, 1000]]
+
+
 def test_a_slow_first_kernel_load_is_announced_before_scoring(
     flights_model_dir, flights_table, tmp_path, monkeypatch
 ):
