@@ -315,9 +315,11 @@ def test_huge_pages_copy_small_token_tables_and_leave_large_ones_mapped(tmp_path
 
 
 @pytest.mark.parametrize("parallel", PARALLEL)
+@pytest.mark.parametrize("one_hot", [True, False])
 @pytest.mark.parametrize("nb", [1, 2, 8, 9])
-def test_small_batches_of_k2_features_only(parallel, nb):
-    # Every feature k = k_w = 2: batches of up to 8 samples skip tiles and scratch entirely.
+def test_small_batches_of_k2_features_only(parallel, one_hot, nb):
+    # Every feature k = k_w = 2: batches of up to 8 samples skip tiles and scratch entirely
+    # (one-hot ones in a single pass of their own).
     rng = np.random.default_rng(20 + nb)
     tokens, weights, vocab = tables(rng)
     features = [
@@ -325,7 +327,7 @@ def test_small_batches_of_k2_features_only(parallel, nb):
         memrec(rng, 0, 20, 14, slot=1, pooling="mean"),
         memrec(rng, 31, 9, 40, per_hash=False, pooling="mean"),
     ]
-    values, offsets = jagged(rng, len(features), nb, 3, EDGE_IDS)
+    values, offsets = edge_batch(rng, len(features), nb, one_hot, 3)
     check(features, tokens, weights, vocab, values, offsets, parallel)
 
 
