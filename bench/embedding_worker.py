@@ -141,6 +141,30 @@ def contenders(torch, plans, tables, fused, weight_np, bags: Bags, full: bool) -
     return calls
 
 
+TORCH = ("torch_tables", "torch_fused")
+
+
+def with_fewer_torch_threads(torch, calls: dict, threads: int, settings: dict):
+    """``calls`` on ``threads`` threads, plus each torch layout on every fewer thread count.
+
+    Returns ``(contenders, before)`` for :func:`timing.measure`: ``torch_fused@1t`` (say) is
+    torch's fused bag on one thread, timed in the same rotation as the rest on ``threads``, and
+    ``before`` sets torch's thread count ahead of each block. The strongest baseline may be
+    torch on fewer threads (a small batch gains nothing from a parallel launch); measured here,
+    its ratio to MEM-REC shares the machine's noise like every other ratio, instead of pairing
+    two rotations timed minutes apart.
+    """
+    timed = dict(calls)
+    before = {n: (lambda: torch.set_num_threads(threads)) for n in calls}
+    for fewer in settings["threads"]:
+        if fewer >= threads:
+            continue
+        for n in TORCH:
+            timed[f"{n}@{fewer}t"] = calls[n]
+            before[f"{n}@{fewer}t"] = lambda t=fewer: torch.set_num_threads(t)
+    return timed, before
+
+
 def check_same_sums(torch, calls: dict, bags: Bags) -> None:
     """The full-table contenders must compute the same ``[B, F, D]`` (else the race is unfair)."""
     nb, nf = bags.batch, bags.offsets.shape[0]
@@ -204,9 +228,11 @@ def run(settings: dict) -> dict:
                     if batch <= 1024:
                         check_same_sums(torch, calls, bags)
                     for threads in settings["threads"]:
-                        torch.set_num_threads(threads)
                         numba.set_num_threads(threads)
-                        times = measure(calls, settings["seconds"], settings["rounds"])
+                        timed, before = with_fewer_torch_threads(torch, calls, threads, settings)
+                        times = measure(
+                            timed, settings["seconds"], settings["rounds"], before=before
+                        )
                         row = {"dist": dist, "hot": hot, "batch": batch, "threads": threads}
                         row["ids"] = bags.num_ids
                         row["contenders"] = {n: summary(t, batch) for n, t in times.items()}

@@ -4,6 +4,10 @@ Each contender runs in blocks of calls; blocks of all contenders alternate over 
 (the order rotates every round), and every call is timed on its own. A load spike from another
 process then hits all contenders alike instead of one of them.
 
+A contender may have a ``before`` hook, run (untimed) before each of its blocks: e.g. setting the
+thread count that it, and not the others, runs on, so one rotation can hold the same library on
+1 and on 2 threads.
+
 Between blocks the caller sleeps for ``settle`` seconds: OpenMP thread pools (torch's, and
 Numba's own) spin for a few milliseconds after a parallel call before they sleep, and on a
 2-core machine those spinning threads would take the cores from the first calls of the next
@@ -29,6 +33,7 @@ def measure(
     rounds: int = 5,
     warmup: int = 2,
     settle: float = SETTLE_S,
+    before: dict[str, Callable[[], object]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Seconds per call of every contender, interleaved.
 
@@ -40,13 +45,18 @@ def measure(
     rounds : number of rotations over the contenders
     warmup : untimed calls per contender before timing (first-touch of outputs, lazy init)
     settle : seconds slept before each block (see the module docstring)
+    before : name -> a callable run before that contender's warm-up and each of its blocks,
+        untimed, ahead of the settling sleep
 
     Returns
     -------
     dict name -> float64 array of per-call seconds
     """
+    hooks = before or {}
     est: dict[str, float] = {}
     for name, fn in contenders.items():
+        if name in hooks:
+            hooks[name]()
         for _ in range(warmup):
             fn()
         t0 = time.perf_counter_ns()
@@ -61,6 +71,8 @@ def measure(
             fn = contenders[name]
             n = int(min(_MAX_BLOCK, max(1, seconds / rounds / est[name])))
             out = times[name]
+            if name in hooks:
+                hooks[name]()
             time.sleep(settle)
             for _ in range(n):
                 t0 = clock()
