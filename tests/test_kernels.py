@@ -7,6 +7,7 @@ from dataclasses import replace
 import numba
 import numpy as np
 import pytest
+from kernel_warmup import HALF_WIDTHS, WIDTHS
 
 from memrec_infer.kernels import _alloc, _bag_kernels
 from memrec_infer.kernels._intrinsics import bag_rows_weighted, rows1_add, rows2_set
@@ -76,9 +77,10 @@ def memrec(rng, token_offset, rows, weight_offset, *, k=2, kw=2, per_hash=True, 
     )
 
 
-# The suite's embedding widths are D = 3, 16, 20 and 128 only (here, in the model fixtures and in
-# the trained models): each new D compiles the lookup kernels again (~105 s on a 2-core VM), and
-# these four cover a scalar-only row, one vector, a vector plus a tail and several vectors.
+# The suite's embedding widths are D = 3, 16, 20 and 128 only (``kernel_warmup.WIDTHS``; here, in
+# the model fixtures and in the trained models): each new D compiles the lookup kernels again
+# (~105 s on a 2-core VM), and these four cover a scalar-only row, one vector, a vector plus a
+# tail and several vectors.
 def tables(rng, n_tokens=64, n_weights=128, dim=16, vocab_ids=(-5, 3, 10, 99)):
     tokens = rng.standard_normal((n_tokens, dim)).astype(np.float32)
     weights = rng.standard_normal(n_weights).astype(np.float32)
@@ -159,7 +161,7 @@ def every_k_features(rng):
 
 
 @pytest.mark.parametrize("parallel", PARALLEL)
-@pytest.mark.parametrize("dim", [3, 16, 20, 128])
+@pytest.mark.parametrize("dim", WIDTHS)
 @pytest.mark.parametrize("one_hot", [True, False])
 @pytest.mark.parametrize("nb", [5, 300])
 def test_every_k_and_width(parallel, dim, one_hot, nb):
@@ -358,7 +360,7 @@ def test_small_batches_of_every_direct_feature(parallel, one_hot, nb):
     check(features, tokens, weights, vocab, values, offsets, parallel)
 
 
-@pytest.mark.parametrize("dim", [3, 16, 20, 128])
+@pytest.mark.parametrize("dim", WIDTHS)
 @pytest.mark.parametrize("one_hot", [True, False])
 def test_a_sample_pools_to_the_same_bits_alone_and_in_a_large_batch(dim, one_hot):
     # The direct path (a batch of one, serial or parallel), the one-hot tiles and the general
@@ -434,7 +436,7 @@ def test_lookup_kernels_hold_one_signature_whatever_they_are_called_with():
 # Half rows compile their own lookup kernels (~105 s per D, so one D here: 16, one vector a row,
 # streamed outputs); the scalar tail of other widths is checked on the row updates themselves
 # (``test_half_row_updates_with_a_scalar_tail``), which compile in a second.
-HALF_DIMS = [16]
+HALF_DIMS = list(HALF_WIDTHS)
 
 
 def half_and_widened(tokens):
