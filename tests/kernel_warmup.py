@@ -5,53 +5,26 @@ width and token type (~1-2 min each, single-threaded). ``conftest.py`` runs :fun
 which compiles them in parallel processes, one pair per process at a time; the tests then load
 them from the cache. With a warm cache every job only loads, in a second or two.
 
-Numba's cache is not safe for concurrent writers: the widths of one kernel share an index file,
-and two processes that both add an entry can each pick the same data file for different
-kernels, so one would later load the other's code (numba/numba#4807, #10128). The workers here
-therefore hold an exclusive file lock around every cache save (``_locked_saves``), and the
-tests start only once they are done. Without the hook this relies on, or on one core, the
-kernels compile one after another in this process.
+Numba's cache is not safe for concurrent writers; the kernels' modules lock every save
+(``memrec_infer.kernels._cache_lock``), which is what makes compiling them in parallel safe, and
+the tests start only once every job is done. Where that lock cannot be installed, or on one
+core, the kernels compile one after another in this process.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
+
+from memrec_infer.kernels import _cache_lock
 
 # The embedding widths the suite runs lookups at (test_kernels, the model fixtures, the trained
 # models), and those it also runs with float16 token rows. Each is a kernel pair to compile, so
 # the suite keeps to these; any other width compiles inside its test, which is slower but fine.
 WIDTHS = (3, 16, 20, 128)
 HALF_WIDTHS = (16,)
-
-_LOCK = os.path.join(tempfile.gettempdir(), "memrec-infer-numba-cache.lock")
-
-
-def _locked_saves() -> None:
-    # Every save to Numba's cache from this process under one exclusive lock (see the module
-    # docstring). Run once per worker process, as its initializer: wrapping twice would make
-    # a save wait for its own lock.
-    from numba.core import caching
-
-    save = caching.IndexDataCacheFile.save
-
-    def locked_save(self, key, data):
-        with open(_LOCK, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file is closed
-            return save(self, key, data)
-
-    caching.IndexDataCacheFile.save = locked_save
-
-
-def _can_lock() -> bool:
-    # The hook ``_locked_saves`` wraps is Numba's, not public API: check that it is there.
-    from numba.core import caching
-
-    return callable(getattr(getattr(caching, "IndexDataCacheFile", None), "save", None))
 
 
 def _compile(job: tuple[int, bool]) -> None:
@@ -72,14 +45,14 @@ def warm(workers: int | None = None) -> str:
     jobs = [(d, False) for d in sorted(WIDTHS, reverse=True)] + [(d, True) for d in HALF_WIDTHS]
     workers = min(len(jobs), workers or os.cpu_count() or 1)
     t0 = time.perf_counter()
-    if workers < 2 or not _can_lock():
+    if workers < 2 or not _cache_lock.install():
         for job in jobs:
             _compile(job)
         how = "in this process"
     else:
         # Fresh interpreters (spawn): this process may already hold Numba's state and threads.
         ctx = get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_locked_saves) as pool:
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
             list(pool.map(_compile, jobs))
         how = f"in {workers} processes"
     return (

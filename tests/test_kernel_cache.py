@@ -6,11 +6,16 @@ again in every process: seconds to tens of seconds before the first batch is sco
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
+import pytest
 
+from memrec_infer.kernels import _cache_lock
 from memrec_infer.kernels.bags import FeatureTable, make_plan
 from memrec_infer.kernels.hashing import draw_seeds
 
@@ -50,3 +55,47 @@ def test_a_new_process_loads_the_lookup_kernels_from_the_cache():
     plan.lookup(values, offsets)
     # ... so a new process must find all of them there.
     subprocess.run([sys.executable, "-c", CHILD.format(build=BUILD)], check=True)
+
+
+TINY = """
+import numba
+
+@numba.njit(cache=True)
+def plus_one(x):
+    return x + 1
+"""
+
+SAVER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import memrec_infer.kernels._config  # installs the lock on cache saves
+import tiny
+assert tiny.plus_one(1) == 2
+"""
+
+
+def _waits_for_flock(pid: int) -> bool:
+    # /proc/locks lists a process blocked on a lock as "N: -> FLOCK ... <pid> ...".
+    with open("/proc/locks") as fh:
+        return any("->" in line and f" {pid} " in line for line in fh)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="needs Linux's /proc/locks")
+def test_a_cache_save_waits_while_another_process_holds_the_lock(tmp_path):
+    # Two processes saving to Numba's cache at once can map one kernel's key to another's code;
+    # with the lock installed, a save waits for whoever holds it, and then completes.
+    (tmp_path / "tiny.py").write_text(TINY)
+    fd = os.open(_cache_lock.LOCK_PATH, os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        child = subprocess.Popen([sys.executable, "-c", SAVER, str(tmp_path)])
+        deadline = time.monotonic() + 120
+        while not _waits_for_flock(child.pid):
+            assert child.poll() is None, "the child finished its save without the lock"
+            assert time.monotonic() < deadline, "the child never reached the lock"
+            time.sleep(0.05)
+        assert not list(tmp_path.glob("__pycache__/*.nbi"))  # nothing saved while it waits
+    finally:
+        os.close(fd)  # release
+    assert child.wait(timeout=120) == 0
+    assert list(tmp_path.glob("__pycache__/tiny.plus_one-*.nbi"))
