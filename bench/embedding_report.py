@@ -216,6 +216,12 @@ def markdown(info: dict, settings: dict, workers: list[dict]) -> str:
     recs = combine(workers)
     fracs = gather_fractions(workers, recs)
     dims_run = {r["dim"] for r in recs}
+    rows = [r for w in workers for r in w.get("rows", [])]
+    fewer = (
+        "timed in the same rotation"
+        if any("@" in n for r in rows for n in r["contenders"])
+        else "taken from the configuration on that many threads"
+    )
     md = ["# Benchmark: the embedding stage (benchmarks 1, 2 and 4 of issue 4)", ""]
     md += [header_markdown(info), ""]
     md += [
@@ -237,8 +243,8 @@ def markdown(info: dict, settings: dict, workers: list[dict]) -> str:
         "rounds.",
         "- Strongest baseline: the fastest of `torch.nn.EmbeddingBag(mode='sum')` per table "
         "(26 modules, as DLRM) and one fused `EmbeddingBag` (sample-major bags, output "
-        "[B*F, D]), on as many threads as MEM-REC or fewer, timed in the same rotation (the *best* "
-        "column names it), with "
+        f"[B*F, D]), on as many threads as MEM-REC or fewer, {fewer} (the *best* column "
+        "names it), with "
         "`THP_MEM_ALLOC_ENABLE=1`. *Default torch* = the same in a second "
         "process without it, with its own MEM-REC timings for the ratio.",
         "- MEM-REC (`BagPlan.lookup`, as the engine runs it: output preallocated and 64-byte "
