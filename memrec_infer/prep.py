@@ -98,6 +98,17 @@ def _combine(col: pa.ChunkedArray | pa.Array) -> pa.Array:
     return col
 
 
+# Arrow's plain string and binary types by type id, with their offsets' width. Strings are the
+# second most common id column: one dict look-up finds them, instead of five type tests
+# (~1.3 us of ~7.5 us per column at B = 1).
+_STRING_OFFSETS = {
+    pa.string().id: np.int32,
+    pa.binary().id: np.int32,
+    pa.large_string().id: np.int64,
+    pa.large_binary().id: np.int64,
+}
+
+
 def _plain_ids(arr: pa.Array | np.ndarray) -> np.ndarray:
     """Ids (spec sec. 1) of a non-list array of integers or strings."""
     if isinstance(arr, np.ndarray):  # integers, from a dict batch
@@ -109,6 +120,9 @@ def _plain_ids(arr: pa.Array | np.ndarray) -> np.ndarray:
         # A zero-copy view, widened by NumPy: uint64 values >= 2**63 wrap to negative ids, as
         # the spec says.
         return arr.to_numpy().astype(np.int64, copy=False)
+    offset_type = _STRING_OFFSETS.get(t.id)
+    if offset_type is not None:
+        return _string_array_ids(arr, offset_type)
     if pa.types.is_dictionary(t):
         dict_ids = _plain_ids(arr.dictionary)
         idx = pc.fill_null(arr.indices, 0).to_numpy(zero_copy_only=False)
@@ -118,19 +132,17 @@ def _plain_ids(arr: pa.Array | np.ndarray) -> np.ndarray:
         return out
     if pa.types.is_null(t):
         return np.full(len(arr), NULL_ID, dtype=np.int64)
-    if pa.types.is_string_view(t) or pa.types.is_binary_view(t):
-        arr = pc.cast(arr, pa.large_binary())
-        t = arr.type
-    large = pa.types.is_large_string(t) or pa.types.is_large_binary(t)
+    # String and binary views: their bytes as one large binary array.
+    return _string_array_ids(pc.cast(arr, pa.large_binary()), np.int64)
+
+
+def _string_array_ids(arr: pa.Array, offset_type: type) -> np.ndarray:
+    # Ids of a string or binary array, read from its buffers (offsets of ``offset_type``).
     _, off_buf, data_buf = arr.buffers()
     n = len(arr)
-    offsets = np.frombuffer(off_buf, dtype=np.int64 if large else np.int32)
-    offsets = offsets[arr.offset : arr.offset + n + 1]
+    offsets = np.frombuffer(off_buf, dtype=offset_type)[arr.offset : arr.offset + n + 1]
     data = np.zeros(0, np.uint8) if data_buf is None else np.frombuffer(data_buf, dtype=np.uint8)
-    if arr.null_count:
-        valid = arr.is_valid().to_numpy(zero_copy_only=False)
-    else:
-        valid = _all_valid(n)
+    valid = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else _all_valid(n)
     return string_ids(offsets, data, valid)
 
 
@@ -303,7 +315,10 @@ class FeaturePrep:
                 if c not in column_ids:
                     column_ids[c] = _plain_ids(columns[c])
                 ids.append(column_ids[c])
-            return (cross_ids(np.stack(ids)) if s["dtype"] == "cross" else ids[0]), None
+            if s["dtype"] != "cross":
+                return ids[0], None
+            # [c, B] by one concatenation: np.stack took 8.6 us for two columns of one row.
+            return cross_ids(np.concatenate(ids).reshape(len(ids), -1)), None
         arr = columns[s["columns"][0]]
         if pa.types.is_list_view(arr.type):
             arr = pc.cast(arr, pa.large_list(arr.type.value_type))

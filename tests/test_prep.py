@@ -73,6 +73,22 @@ def test_ids_for_every_column_kind():
     )
 
 
+@pytest.mark.parametrize(
+    "arrow_type",
+    [pa.string(), pa.large_string(), pa.binary(), pa.large_binary(), pa.string_view(),
+     pa.binary_view()],
+    ids=str,
+)  # fmt: skip
+def test_every_string_type_and_a_sliced_array_give_the_same_ids(arrow_type):
+    # Each type is read from its own buffers (offsets of 32 or 64 bits; views cast first),
+    # from the array's offset on: a slice of a longer array names its own rows only.
+    words = ["skip", "UA", None, "", "\u00e9t\u00e9", "tail"]
+    col = pa.array([w if w is None else w.encode() for w in words], pa.binary()).cast(arrow_type)
+    pb = FeaturePrep([], [one_hot("s", "string")])(pa.table({"s": col.slice(1, 4)}))
+    expected = [string_id(w) for w in words[1:5]]
+    np.testing.assert_array_equal(pb.values, np.array(expected, dtype=np.int64))
+
+
 def test_one_hot_features_lay_bags_out_feature_major():
     # Every feature one-hot (prep's two-call layout); an empty batch gives zero-width bags.
     sparse = [one_hot("i"), one_hot("s", "string"), one_hot("x", "cross", ["i", "s"])]
