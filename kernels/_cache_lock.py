@@ -9,29 +9,36 @@ for the other, silently wrong. :func:`install` wraps that save in an exclusive l
 per machine and user, so saves happen one after another; loading and compiling are untouched.
 
 The wrapped method is Numba's own (``numba.core.caching.IndexDataCacheFile.save``), not public
-API: without it, nothing is installed and Numba behaves as it always has. If the lock file cannot
-be opened, the save goes ahead unlocked rather than fail the compile.
+API: without it, or without ``fcntl`` (not POSIX), nothing is installed and Numba behaves as it
+always has. If the lock file cannot be opened, the save goes ahead unlocked rather than fail the
+compile.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import tempfile
 
 from numba.core import caching
 
-LOCK_PATH = os.path.join(tempfile.gettempdir(), f"memrec-infer-numba-cache-{os.getuid()}.lock")
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, Numba's own behaviour
+    fcntl = None
+
+_USER = os.getuid() if hasattr(os, "getuid") else "user"
+LOCK_PATH = os.path.join(tempfile.gettempdir(), f"memrec-infer-numba-cache-{_USER}.lock")
 
 
 def install() -> bool:
     """Serialise this process's saves to Numba's cache with every other process's (idempotent).
 
-    Returns True if saves are (now) locked, False if this Numba lacks the method it wraps.
+    Returns True if saves are (now) locked, False if this Numba lacks the method it wraps or
+    this system lacks ``fcntl``.
     """
     cls = getattr(caching, "IndexDataCacheFile", None)
     save = getattr(cls, "save", None)
-    if not callable(save):
+    if fcntl is None or not callable(save):
         return False
     if getattr(save, "_memrec_locked", False):
         return True

@@ -6,7 +6,6 @@ again in every process: seconds to tens of seconds before the first batch is sco
 
 from __future__ import annotations
 
-import fcntl
 import os
 import subprocess
 import sys
@@ -82,6 +81,7 @@ def _waits_for_flock(pid: int) -> bool:
 
 @pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="needs Linux's /proc/locks")
 def test_a_cache_save_waits_while_another_process_holds_the_lock(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
     # Two processes saving to Numba's cache at once can map one kernel's key to another's code;
     # with the lock installed, a save waits for whoever holds it, and then completes.
     (tmp_path / "tiny.py").write_text(TINY)
