@@ -30,6 +30,7 @@ import time
 import numba
 import numpy as np
 from criteo import Bags, make_bags, memrec_sizes
+from embedding_report import TORCH
 from gather_rate import gather_call, resident_table, write_call
 from machine import cache_bytes, meminfo_bytes
 from timing import measure, summary
@@ -139,9 +140,6 @@ def contenders(torch, plans, tables, fused, weight_np, bags: Bags, full: bool) -
         )
 
     return calls
-
-
-TORCH = ("torch_tables", "torch_fused")
 
 
 def with_fewer_torch_threads(torch, calls: dict, threads: int, settings: dict):

@@ -35,6 +35,7 @@ from .token_dtype import (
     TOKEN_DTYPES,
     check_token_dtype,
     check_token_range,
+    is_token_dtype,
     manifest_token_dtype,
 )
 
@@ -540,7 +541,7 @@ def read_model_dir(path: str | Path, verify: bool = False) -> ModelDir:
         raise _fail(mpath, f"hashing must be {HASHING!r}, found {m.get('hashing')!r}")
     dim = _int_field(mpath, m, "embedding_dim", "manifest", 1)
     token_dtype = manifest_token_dtype(m)  # absent: float32, as before the key existed
-    if not isinstance(token_dtype, str) or token_dtype not in TOKEN_DTYPES:
+    if not is_token_dtype(token_dtype):
         raise _fail(
             mpath,
             f"'token_dtype' must be one of {', '.join(map(repr, TOKEN_DTYPES))} (absent means "

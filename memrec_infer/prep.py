@@ -44,15 +44,20 @@ class PreparedBatch:
     offsets: np.ndarray  # int64 [F, B + 1]
 
 
+# Arrow's plain string and binary types by type id, with their offsets' width. Strings are the
+# second most common id column: one dict look-up finds them, instead of five type tests
+# (~1.3 us of ~7.5 us per column at B = 1).
+_STRING_OFFSETS = {
+    pa.string().id: np.int32,
+    pa.binary().id: np.int32,
+    pa.large_string().id: np.int64,
+    pa.large_binary().id: np.int64,
+}
+
+
 def _is_string(t: pa.DataType) -> bool:
-    return (
-        pa.types.is_string(t)
-        or pa.types.is_large_string(t)
-        or pa.types.is_binary(t)
-        or pa.types.is_large_binary(t)
-        or pa.types.is_string_view(t)
-        or pa.types.is_binary_view(t)
-    )
+    # A type whose values are strings or bytes: the plain ones above, and views.
+    return t.id in _STRING_OFFSETS or pa.types.is_string_view(t) or pa.types.is_binary_view(t)
 
 
 def _is_list(t: pa.DataType) -> bool:
@@ -96,17 +101,6 @@ def _combine(col: pa.ChunkedArray | pa.Array) -> pa.Array:
     if isinstance(col, pa.ChunkedArray):
         return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
     return col
-
-
-# Arrow's plain string and binary types by type id, with their offsets' width. Strings are the
-# second most common id column: one dict look-up finds them, instead of five type tests
-# (~1.3 us of ~7.5 us per column at B = 1).
-_STRING_OFFSETS = {
-    pa.string().id: np.int32,
-    pa.binary().id: np.int32,
-    pa.large_string().id: np.int64,
-    pa.large_binary().id: np.int64,
-}
 
 
 def _plain_ids(arr: pa.Array | np.ndarray) -> np.ndarray:

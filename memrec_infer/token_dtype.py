@@ -26,6 +26,7 @@ __all__ = [
     "TOKEN_DTYPES",
     "check_token_dtype",
     "check_token_range",
+    "is_token_dtype",
     "manifest_token_dtype",
 ]
 
@@ -36,9 +37,14 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504.0
 _CHUNK = 1 << 24
 
 
+def is_token_dtype(name: Any) -> bool:
+    """Whether ``name`` is a supported token dtype (a string key of :data:`TOKEN_DTYPES`)."""
+    return isinstance(name, str) and name in TOKEN_DTYPES
+
+
 def check_token_dtype(name: Any) -> str:
     """``name`` if it is a supported token dtype, else ValueError listing the supported ones."""
-    if not isinstance(name, str) or name not in TOKEN_DTYPES:
+    if not is_token_dtype(name):
         raise ValueError(
             f"token_dtype must be one of {', '.join(map(repr, TOKEN_DTYPES))}, found {name!r}"
         )
