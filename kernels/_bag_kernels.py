@@ -791,10 +791,11 @@ def _make_lookup_kernels(dim: int, half: bool):
         ab = np.empty((max_k, cap), np.float32)
         for b0 in range(0, nb, TILE):
             b1 = min(nb, b0 + TILE)
-            one_hot = _tile_offsets(offsets, b0, b1, values.shape[0])[1]
+            # The batch's scan above found it valid; a one-hot batch has one-hot tiles only.
+            tile_is_one_hot = one_hot or _tile_offsets(offsets, b0, b1, values.shape[0])[1]
             _pool_tile(
                 values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim,
-                False, one_hot,
+                False, tile_is_one_hot,
             )  # fmt: skip
         return OK
 
