@@ -465,6 +465,57 @@ def _f32_2d(*arrays) -> bool:
     )
 
 
+def _scratch_bag_types(dim, dst, src, hb, ab) -> tuple[int, bool] | None:
+    # (width, half source rows) if these can pool a bag from the per-tile scratch, else None.
+    d = _literal_dim(dim)
+    half = _src_rows(src)
+    if d is None or half is None or not _f32_2d(dst):
+        return None
+    if not (isinstance(hb, types.Array) and hb.ndim == 2 and isinstance(hb.dtype, types.Integer)):
+        return None
+    if not (isinstance(ab, types.Array) and ab.ndim == 2 and ab.dtype == types.float32):
+        return None
+    return d, half
+
+
+def _scratch_bag_codegen(d, half, hashes):
+    # Codegen of ``bag_rows_weighted`` (``hashes`` None: k and sel are its last two arguments)
+    # and of ``bag_rows2_weighted`` (``hashes == 2``: rows 0 and 1 of hb and ab, unrolled).
+    def codegen(context, builder, signature, args):
+        intp = types.intp
+        tys = signature.args
+        vals = [
+            context.cast(builder, a, t, intp) if isinstance(t, types.Integer) else a
+            for a, t in zip(args, tys, strict=True)
+        ]
+        _, dstv, iv, srcv, hbv, abv, q0v, q1v = vals[:8]
+        dptr = _row_ptr(context, builder, tys[1], dstv, iv)
+
+        def one_row(q, j, wj, emit):
+            r = builder.load(_item_ptr(context, builder, tys[4], hbv, [j, q]))
+            r = context.cast(builder, r, tys[4].dtype, intp)
+            w = builder.load(_item_ptr(context, builder, tys[5], abv, [wj, q]))
+            emit(_row_ptr(context, builder, tys[3], srcv, r), w)
+
+        def rows(emit):
+            with cgutils.for_range_slice(builder, q0v, q1v, q0v.type(1)) as (q, _):
+                if hashes is None:
+                    kv, selv = vals[8:]
+                    with cgutils.for_range(builder, kv) as loop:
+                        one_row(q, loop.index, builder.mul(loop.index, selv), emit)
+                else:
+                    for j in range(hashes):
+                        one_row(q, intp_const(j), intp_const(j), emit)
+
+        def intp_const(j):
+            return context.get_constant(intp, j)
+
+        _bag_codegen(d, context, builder, dptr, rows, half)
+        return context.get_dummy_value()
+
+    return codegen
+
+
 @intrinsic
 def bag_rows_weighted(typingctx, dim, dst, i, src, hb, ab, q0, q1, k, sel):  # noqa: ARG001
     """``dst[i] = sum_{q in [q0, q1)} sum_{j < k} ab[j * sel, q] * src[hb[j, q]]``, in that order.
@@ -474,39 +525,24 @@ def bag_rows_weighted(typingctx, dim, dst, i, src, hb, ab, q0, q1, k, sel):  # n
     ``src`` C-contiguous 2-D arrays of width ``dim``, ``dst`` float32, ``src`` float32 or half
     rows (see ``HALF_BITS``). Nothing is checked.
     """
-    d = _literal_dim(dim)
-    half = _src_rows(src)
-    if d is None or half is None or not _f32_2d(dst):
-        return None
-    if not (isinstance(hb, types.Array) and hb.ndim == 2 and isinstance(hb.dtype, types.Integer)):
-        return None
-    if not (isinstance(ab, types.Array) and ab.ndim == 2 and ab.dtype == types.float32):
+    found = _scratch_bag_types(dim, dst, src, hb, ab)
+    if found is None:
         return None
     sig = types.void(dim, dst, i, src, hb, ab, q0, q1, k, sel)
+    return sig, _scratch_bag_codegen(*found, hashes=None)
 
-    def codegen(context, builder, signature, args):
-        intp = types.intp
-        tys = signature.args
-        _, dstv, iv, srcv, hbv, abv, q0v, q1v, kv, selv = (
-            context.cast(builder, a, t, intp) if isinstance(t, types.Integer) else a
-            for a, t in zip(args, tys, strict=True)
-        )
-        dptr = _row_ptr(context, builder, tys[1], dstv, iv)
 
-        def rows(emit):
-            with cgutils.for_range_slice(builder, q0v, q1v, q0v.type(1)) as (q, _):
-                with cgutils.for_range(builder, kv) as loop:
-                    j = loop.index
-                    r = builder.load(_item_ptr(context, builder, tys[4], hbv, [j, q]))
-                    r = context.cast(builder, r, tys[4].dtype, intp)
-                    wj = builder.mul(j, selv)
-                    w = builder.load(_item_ptr(context, builder, tys[5], abv, [wj, q]))
-                    emit(_row_ptr(context, builder, tys[3], srcv, r), w)
+@intrinsic
+def bag_rows2_weighted(typingctx, dim, dst, i, src, hb, ab, q0, q1):  # noqa: ARG001
+    """``bag_rows_weighted`` with ``k = 2, sel = 1``, unrolled: the same fold, to the same bits.
 
-        _bag_codegen(d, context, builder, dptr, rows, half)
-        return context.get_dummy_value()
-
-    return sig, codegen
+    ``dst[i] = sum_{q in [q0, q1)} (ab[0, q] * src[hb[0, q]] + ab[1, q] * src[hb[1, q]])``.
+    """
+    found = _scratch_bag_types(dim, dst, src, hb, ab)
+    if found is None:
+        return None
+    sig = types.void(dim, dst, i, src, hb, ab, q0, q1)
+    return sig, _scratch_bag_codegen(*found, hashes=2)
 
 
 @intrinsic

@@ -10,7 +10,12 @@ import pytest
 from kernel_warmup import HALF_WIDTHS, WIDTHS
 
 from memrec_infer.kernels import _alloc, _bag_kernels
-from memrec_infer.kernels._intrinsics import bag_rows_weighted, rows1_add, rows2_set
+from memrec_infer.kernels._intrinsics import (
+    bag_rows2_weighted,
+    bag_rows_weighted,
+    rows1_add,
+    rows2_set,
+)
 from memrec_infer.kernels.bags import FeatureTable, full_bag_rows, make_plan
 from memrec_infer.kernels.hashing import draw_seeds
 from memrec_infer.kernels.ids import NULL_ID
@@ -468,13 +473,14 @@ def test_half_token_rows_pool_to_the_bits_of_their_float32_values(parallel, dim,
 
 
 def _half_row_updates(dim):
-    # The two row updates every lookup path is built from, on a table of half rows, with a
-    # constant width as the kernels have it.
+    # The row updates every lookup path is built from, on a table of half rows, with a
+    # constant width as the kernels have it; row 2 is row 1's bag unrolled for k = 2.
     @numba.njit
     def run(out, src, hb, ab):
         rows2_set(dim, out, 0, src, hb[0, 0], ab[0, 0], hb[1, 0], ab[1, 0])
         rows1_add(dim, out, 0, src, hb[0, 1], ab[0, 1])
         bag_rows_weighted(dim, out, 1, src, hb, ab, 0, 3, 2, 1)
+        bag_rows2_weighted(dim, out, 2, src, hb, ab, 0, 3)
 
     return run
 
@@ -487,14 +493,15 @@ def test_half_row_updates_with_a_scalar_tail():
     widened = half.astype(np.float32)
     hb = np.array([[3, 5, 1], [7, 0, 8]], np.int64)
     ab = rng.standard_normal((2, 3)).astype(np.float32)
-    got, want = np.zeros((2, dim), np.float32), np.zeros((2, dim), np.float32)
+    got, want = np.zeros((3, dim), np.float32), np.zeros((3, dim), np.float32)
     _half_row_updates(dim)(got, half.view(_bag_kernels.HALF), hb, ab)
     _half_row_updates(dim)(want, widened, hb, ab)
     np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got[2], got[1])  # the unrolled bag: the same fold, same bits
     w = ab.astype(np.float64)
     ref0 = w[0, 0] * widened[3] + w[1, 0] * widened[7] + w[0, 1] * widened[5]
     ref1 = sum(w[j, q] * widened[hb[j, q]] for q in range(3) for j in range(2))
-    np.testing.assert_allclose(got, np.stack([ref0, ref1]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, np.stack([ref0, ref1, ref1]), rtol=1e-5, atol=1e-5)
 
 
 def test_half_token_rows_streamed_and_in_huge_pages(always_stream, tmp_path):
