@@ -202,6 +202,11 @@ def goals(
     return lines
 
 
+def _stream_mib(settings: dict) -> str:
+    # The streaming-store threshold the run had (runs before it was recorded: 12 MiB).
+    return f"{settings.get('stream_min_bytes', 12 << 20) / 2**20:g}"
+
+
 def _ratio(x: float | None) -> str:
     # A ratio, or "-" where it was not measured (no default-torch worker in this run).
     return "-" if x is None or x != x else f"{x:.2f}x"
@@ -248,9 +253,10 @@ def markdown(info: dict, settings: dict, workers: list[dict]) -> str:
         "`THP_MEM_ALLOC_ENABLE=1`. *Default torch* = the same in a second "
         "process without it, with its own MEM-REC timings for the ratio.",
         "- MEM-REC (`BagPlan.lookup`, as the engine runs it: output preallocated and 64-byte "
-        "aligned, so outputs of 12 MiB or more are streamed; token tables in transparent huge "
-        "pages): all 26 features in one call; token tables sized by water-filling a budget of "
-        f"{settings['budget_bytes'] / 2**20:.0f} MiB (small tables keep one row per value).",
+        f"aligned, so outputs of {_stream_mib(settings)} MiB or more are streamed; token tables in "
+        "transparent huge pages): all 26 features in one call; token tables sized by "
+        f"water-filling a budget of {settings['budget_bytes'] / 2**20:.0f} MiB (small tables "
+        "keep one row per value).",
         "- Our full-table kernel (`full_bag_rows`) reads torch's own table memory and writes a "
         "64-byte-aligned output; torch allocates its outputs per call, as it always does.",
         "",
@@ -383,8 +389,8 @@ def markdown(info: dict, settings: dict, workers: list[dict]) -> str:
     md += ["", "## Benchmark 4: the machine's gather rates and MEM-REC's share of them", ""]
     md += [
         "Random rows summed in bags of k, precomputed indices, with the kernel's Numba flags, "
-        "vector row updates and store policy (streaming stores when the output is 12 MiB or "
-        f"more); {settings['gather_bags']:,} bags per call.",
+        "vector row updates and store policy (streaming stores when the output is "
+        f"{_stream_mib(settings)} MiB or more); {settings['gather_bags']:,} bags per call.",
         "",
         "| D | threads | table | Mrows/s | GB/s |",
         "|---|---|---|---|---|",

@@ -28,6 +28,8 @@ import embedding_report
 from criteo import KAGGLE_CARDINALITIES
 from machine import describe
 
+from memrec_infer.kernels._alloc import STREAM_MIN_BYTES
+
 HERE = Path(__file__).resolve().parent
 PACKAGES = ("memrec-infer", "numpy", "numba", "torch", "onnxruntime", "llvmlite")
 
@@ -122,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": args.seconds,
         "rounds": args.rounds,
         "gather_bags": max(args.batches) * len(KAGGLE_CARDINALITIES),
+        "stream_min_bytes": STREAM_MIN_BYTES,
     }
     workers = []
     for dim in args.dims:

@@ -23,8 +23,15 @@ LINE_BYTES = 64
 # 1.3x at D=16 B=4096 (7 MB) and 1.4x at D=128 B=1024 (14 MB); 8-16 MB went either way. Zen 3
 # VM (L3 shared with other tenants), MEM-REC lookups: 13 MiB outputs (D=128 B=1024, D=16
 # B=8192) 1.13-2.1x faster streamed on 1 and 2 threads, 6.5 MiB ones 0.56-1.67x; the full-table
-# kernel at 13 MiB 1.19-1.62x, except D=128 on 2 threads (0.82x). 12 MiB takes the clear wins.
-STREAM_MIN_BYTES = 12 << 20
+# kernel at 13 MiB 1.19-1.62x, except D=128 on 2 threads (0.82x). Later, on the same Zen 3 VM
+# (one-hot MEM-REC lookups, Criteo tables in 8 MiB, two runs each, side by side): 6.5 MiB
+# outputs streamed were 2.06-2.11x as fast at D=16 B=4096 on 1 thread, 1.30-1.98x on 2, and
+# 2.91-3.79x at D=128 B=512 on 1 thread, 0.78-1.04x on 2; 3.2 MiB ones went either way
+# (1.11-1.17x on 1 thread, 0.92-0.94x on 2). The full-table kernel at 6.5 MiB: D=16 B=4096
+# 1.00-1.14x, D=128 B=512 1.87-2.63x on 1 thread and 0.86-0.94x on 2. End to end (Kaggle DLRM,
+# B=4096, 1 and 2 threads) the dense part dominates: within noise (0.97-1.01x). So 6 MiB, for
+# the large 1-thread wins, at the cost of D=128 B~512 on 2 threads.
+STREAM_MIN_BYTES = 6 << 20
 
 
 def empty_aligned(shape: tuple[int, ...], dtype: np.dtype | type = np.float32) -> np.ndarray:

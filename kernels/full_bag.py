@@ -134,7 +134,7 @@ def full_bag_rows(
     indices : int64 array [N], row indices in ``[0, rows)`` (checked)
     offsets : int64 array [B + 1], non-decreasing, within ``[0, N]`` (checked)
     table : float32 array [rows, D], C-contiguous; read-only memory maps are fine
-    out : float32 array [B, D], C-contiguous, overwritten; allocated if None; outputs of 12 MiB
+    out : float32 array [B, D], C-contiguous, overwritten; allocated if None; outputs of 6 MiB
         or more are written with streaming stores if 64-byte aligned (``empty_aligned``)
     mean : mean pooling instead of sum
     parallel : force the multi-threaded (True) or serial (False) kernel; None picks by B
