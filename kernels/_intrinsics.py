@@ -491,6 +491,9 @@ def _scratch_bag_codegen(d, half, hashes):
         _, dstv, iv, srcv, hbv, abv, q0v, q1v = vals[:8]
         dptr = _row_ptr(context, builder, tys[1], dstv, iv)
 
+        def const(j):
+            return context.get_constant(intp, j)
+
         def one_row(q, j, wj, emit):
             r = builder.load(_item_ptr(context, builder, tys[4], hbv, [j, q]))
             r = context.cast(builder, r, tys[4].dtype, intp)
@@ -505,10 +508,7 @@ def _scratch_bag_codegen(d, half, hashes):
                         one_row(q, loop.index, builder.mul(loop.index, selv), emit)
                 else:
                     for j in range(hashes):
-                        one_row(q, intp_const(j), intp_const(j), emit)
-
-        def intp_const(j):
-            return context.get_constant(intp, j)
+                        one_row(q, const(j), const(j), emit)
 
         _bag_codegen(d, context, builder, dptr, rows, half)
         return context.get_dummy_value()
