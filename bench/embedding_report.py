@@ -202,9 +202,17 @@ def goals(
     return lines
 
 
-def _stream_mib(settings: dict) -> str:
-    # The streaming-store threshold the run had (runs before it was recorded: 12 MiB).
-    return f"{settings.get('stream_min_bytes', 12 << 20) / 2**20:g}"
+def _streamed(settings: dict) -> str:
+    # Which outputs the run streamed: "outputs of at least 6 MiB a thread at D=16, ...", from
+    # the per-thread thresholds it recorded (older runs: one threshold, 12 MiB before that).
+    per_thread = settings.get("stream_min_bytes_per_thread")
+    if per_thread is None:
+        return f"outputs of {settings.get('stream_min_bytes', 12 << 20) / 2**20:g} MiB or more"
+    parts = [
+        f"{b / 2**20:g} MiB a thread at D={d}"
+        for d, b in sorted(per_thread.items(), key=lambda x: int(x[0]))
+    ]
+    return "outputs of at least " + ", ".join(parts)
 
 
 def _ratio(x: float | None) -> str:
@@ -253,7 +261,7 @@ def markdown(info: dict, settings: dict, workers: list[dict]) -> str:
         "`THP_MEM_ALLOC_ENABLE=1`. *Default torch* = the same in a second "
         "process without it, with its own MEM-REC timings for the ratio.",
         "- MEM-REC (`BagPlan.lookup`, as the engine runs it: output preallocated and 64-byte "
-        f"aligned, so outputs of {_stream_mib(settings)} MiB or more are streamed; token tables in "
+        f"aligned, so {_streamed(settings)} are streamed; token tables in "
         "transparent huge pages): all 26 features in one call; token tables sized by "
         f"water-filling a budget of {settings['budget_bytes'] / 2**20:.0f} MiB (small tables "
         "keep one row per value).",
@@ -389,8 +397,8 @@ def markdown(info: dict, settings: dict, workers: list[dict]) -> str:
     md += ["", "## Benchmark 4: the machine's gather rates and MEM-REC's share of them", ""]
     md += [
         "Random rows summed in bags of k, precomputed indices, with the kernel's Numba flags, "
-        "vector row updates and store policy (streaming stores when the output is "
-        f"{_stream_mib(settings)} MiB or more); {settings['gather_bags']:,} bags per call.",
+        "vector row updates and store policy (streaming stores for "
+        f"{_streamed(settings)}); {settings['gather_bags']:,} bags per call.",
         "",
         "| D | threads | table | Mrows/s | GB/s |",
         "|---|---|---|---|---|",

@@ -28,7 +28,7 @@ import embedding_report
 from criteo import KAGGLE_CARDINALITIES
 from machine import describe
 
-from memrec_infer.kernels._alloc import STREAM_MIN_BYTES
+from memrec_infer.kernels._alloc import stream_min_bytes
 
 HERE = Path(__file__).resolve().parent
 PACKAGES = ("memrec-infer", "numpy", "numba", "torch", "onnxruntime", "llvmlite")
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": args.seconds,
         "rounds": args.rounds,
         "gather_bags": max(args.batches) * len(KAGGLE_CARDINALITIES),
-        "stream_min_bytes": STREAM_MIN_BYTES,
+        "stream_min_bytes_per_thread": {str(d): stream_min_bytes(4 * d) for d in args.dims},
     }
     workers = []
     for dim in args.dims:

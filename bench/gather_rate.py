@@ -79,12 +79,11 @@ def gather_call(table: np.ndarray, bags: int, k: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, table.shape[0], size=(bags + PREFETCH_AHEAD) * k, dtype=np.int64)
     out = empty_aligned((bags, table.shape[1]))
-    stream = streams(out, table.shape[1] * 4)
     dim = int(table.shape[1])
     kernel = _GATHER.get(dim) or _GATHER.setdefault(dim, _make_gather(dim))
 
-    def call() -> None:
-        kernel(table, idx, k, stream, out)
+    def call() -> None:  # the store policy depends on the threads of the call
+        kernel(table, idx, k, streams(out, dim * 4), out)
 
     return call, bags * k
 
@@ -115,10 +114,9 @@ def write_call(out: np.ndarray):
     dim = int(out.shape[1])
     kernel = _WRITE.get(dim) or _WRITE.setdefault(dim, _make_write(dim))
     src = np.ones((1, dim), dtype=np.float32)
-    stream = streams(out, dim * 4)
 
-    def call() -> None:
-        kernel(src, stream, out)
+    def call() -> None:  # the store policy depends on the threads of the call
+        kernel(src, streams(out, dim * 4), out)
 
     return call
 

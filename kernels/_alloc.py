@@ -13,25 +13,34 @@ from __future__ import annotations
 
 import mmap
 
+import numba
 import numpy as np
 
 LINE_BYTES = 64
-# Outputs at least this large are written with streaming stores: a larger output no longer stays
-# in the 32 MiB L3 next to the tables, and its stores would evict the token rows being gathered.
-# Measured side by side (same process, the threshold the only change). Zen 4 VM, 2 threads:
-# streaming took 0.68x the time at D=16 B=16384 (27 MB) and 0.73x at D=128 B=4096 (54 MB), but
-# 1.3x at D=16 B=4096 (7 MB) and 1.4x at D=128 B=1024 (14 MB); 8-16 MB went either way. Zen 3
-# VM (L3 shared with other tenants), MEM-REC lookups: 13 MiB outputs (D=128 B=1024, D=16
-# B=8192) 1.13-2.1x faster streamed on 1 and 2 threads, 6.5 MiB ones 0.56-1.67x; the full-table
-# kernel at 13 MiB 1.19-1.62x, except D=128 on 2 threads (0.82x). Later, on the same Zen 3 VM
-# (one-hot MEM-REC lookups, Criteo tables in 8 MiB, two runs each, side by side): 6.5 MiB
-# outputs streamed were 2.06-2.11x as fast at D=16 B=4096 on 1 thread, 1.30-1.98x on 2, and
-# 2.91-3.79x at D=128 B=512 on 1 thread, 0.78-1.04x on 2; 3.2 MiB ones went either way
-# (1.11-1.17x on 1 thread, 0.92-0.94x on 2). The full-table kernel at 6.5 MiB: D=16 B=4096
-# 1.00-1.14x, D=128 B=512 1.87-2.63x on 1 thread and 0.86-0.94x on 2. End to end (Kaggle DLRM,
-# B=4096, 1 and 2 threads) the dense part dominates: within noise (0.97-1.01x). So 6 MiB, for
-# the large 1-thread wins, at the cost of D=128 B~512 on 2 threads.
-STREAM_MIN_BYTES = 6 << 20
+
+# A thread streams its share of an output (writes it with non-temporal stores, which bypass the
+# caches) once that share is this large; smaller outputs are written through the cache, where
+# they stay for the next call and the dense part that reads them. Per thread, because what
+# matters is how much each core's stores push out of its L2 and the shared L3 (32 MiB, where the
+# token tables live). Measured side by side (same process, the threshold the only change), one-
+# hot MEM-REC lookups of the Criteo tables in 8 MiB, Zen 5 VM (L2 1 MiB a core):
+# - rows of one cache line (D=16): 6.5 MiB outputs on 2 threads (3.25 MiB a thread) 1.14-1.50x
+#   as fast cached, on 1 thread 0.79-1.01x; 13 MiB (6.5 a thread on 2) 1.2-1.9x as fast
+#   streamed on 1 and 2 threads, 26 MiB and more 1.2-1.8x;
+# - longer rows (D=128): 6.5 MiB outputs 1.2-1.5x as fast cached on 1 thread, 1.9-2.5x on 2;
+#   13 MiB 1.08-1.16x as fast streamed on 1 thread but 1.35-2.3x as fast cached on 2 (6.5 MiB a
+#   thread); 26 MiB (13 a thread on 2) 1.6-2.6x streamed on 1 thread, 0.93-1.03x on 2.
+# The full-table kernel's outputs (D=128) went the same ways; at D=16 within +-20% either way.
+# Earlier machines: a Zen 4 VM agreed (2 threads: 7 MB at D=16 and 14 MB at D=128 1.3-1.4x as
+# fast cached, 27 and 54 MB 1.4-1.5x streamed); a Zen 3 VM (L2 512 KiB, a busy shared L3)
+# streamed best from 6.5 MiB on (up to 3.8x at D=128 on 1 thread), whatever the threads.
+STREAM_MIN_BYTES = 6 << 20  # a thread's share, rows of one line (the smallest threshold)
+STREAM_MIN_BYTES_LONG_ROWS = 8 << 20  # a thread's share, rows of several lines
+
+
+def stream_min_bytes(row_bytes: int) -> int:
+    """Bytes of output per thread from which rows of ``row_bytes`` are streamed."""
+    return STREAM_MIN_BYTES if row_bytes <= LINE_BYTES else STREAM_MIN_BYTES_LONG_ROWS
 
 
 def empty_aligned(shape: tuple[int, ...], dtype: np.dtype | type = np.float32) -> np.ndarray:
@@ -55,13 +64,22 @@ def line_aligned(arr: np.ndarray) -> bool:
     return arr.__array_interface__["data"][0] % LINE_BYTES == 0
 
 
-def streams(out: np.ndarray, row_bytes: int) -> bool:
-    """Whether a kernel writing rows of ``row_bytes`` into ``out`` should stream its stores.
+def streams(out: np.ndarray, row_bytes: int, threads: int | None = None) -> bool:
+    """Whether a kernel writing rows of ``row_bytes`` into ``out`` on ``threads`` threads (None:
+    Numba's current thread count) should stream its stores.
 
-    Only for outputs of at least :data:`STREAM_MIN_BYTES` whose rows all start on a cache line
-    (``out`` aligned, rows a whole number of lines).
+    Only for outputs of at least ``threads * stream_min_bytes(row_bytes)`` whose rows all
+    start on a cache line (``out`` aligned, rows a whole number of lines).
     """
-    return out.nbytes >= STREAM_MIN_BYTES and row_bytes % LINE_BYTES == 0 and line_aligned(out)
+    if out.nbytes < STREAM_MIN_BYTES:  # below every threshold: skip asking Numba (~0.6 us)
+        return False
+    if threads is None:
+        threads = numba.get_num_threads()
+    return (
+        out.nbytes >= threads * stream_min_bytes(row_bytes)
+        and row_bytes % LINE_BYTES == 0
+        and line_aligned(out)
+    )
 
 
 # Token tables up to this size are copied into huge pages by ``make_plan(huge_pages=True)``:
