@@ -14,20 +14,25 @@ from numba import prange
 from ._alloc import empty_output, streams
 from ._checks import require_array
 from ._config import JIT
-from ._intrinsics import LINE, bag_rows, prefetch, rows1_write, store_fence
+from ._intrinsics import LINE, bag_rows, prefetch, rows1_write, rows_view, store_fence
 
 # Below this many bags the thread-pool launch costs more than it saves.
 _SERIAL_MAX_BAGS = 64
 _TILE = 256
 # Rows are DRAM-resident and gathered at random: request the rows of the index this many
 # positions ahead (every cache line of them), so that enough misses are in flight while the
-# current bags are summed; prefetching runs on across tile boundaries. Measured side by side on
-# the Criteo Kaggle tables (Zen 3, B=1024 and 16384, 1 and 2 threads, one- and multi-hot): at
-# D=16 (one line a row) 32-64 ids ahead were 3-17% faster than the old 512 that stopped at each
-# tile's end (and 512 across tiles was up to 18% slower at B=1024); at D=128 (eight lines, which
-# the hardware prefetcher follows once the first is requested) 8 ids stayed best.
+# current bags are summed; prefetching runs on across tile boundaries. Multi-hot bags, measured
+# side by side on the Criteo Kaggle tables (Zen 3, B=1024 and 16384, 1 and 2 threads): at D=16
+# (one line a row) 32-64 ids ahead were 3-17% faster than the old 512 that stopped at each
+# tile's end; at D=128 (eight lines, which the hardware prefetcher follows once the first is
+# requested) 8 ids stayed best there. On Zen 5, 16 ahead at D=16 was 0.78-0.95x as fast as 48
+# on 1 thread, and at D=128 24 ahead was 0.98-1.28x as fast as 8 (B=1024 and 4096, 1 and 2
+# threads; 16 ahead 0.95-1.20x). One-hot tiles (a leaner loop, ``_one_row_bags``) request 16 ahead at any D: on Zen 5
+# the old loop was 0.90-0.92x as fast 48 ahead as 8-16 ahead at D=16, and ``_one_row_bags``
+# 0.88-1.02x as fast 8 ahead as 16 ahead at D=128.
 _AHEAD_IDS_ONE_LINE = 48
-_AHEAD_MIN = 8
+_AHEAD_MIN = 24
+_AHEAD_ONE_HOT = 16
 
 
 # Status codes the kernels return (they never raise; the wrapper turns these into errors).
@@ -37,29 +42,74 @@ _BAD_OFFSETS = 2
 
 
 @numba.njit(inline="always", **JIT)
+def _tile_offsets(indices, offsets, b0, b1):
+    """``(valid, one_hot)`` for bags ``b0..b1``: their offsets non-decreasing within
+    ``[0, len(indices)]``, and each bag holding exactly one index (a branch-free pass that
+    vectorises)."""
+    row = offsets[b0 : b1 + 1]  # sliced: indexed from 0, no negative-index fix-ups
+    nb = b1 - b0
+    bad = (row[0] < 0) | (row[nb] > indices.shape[0])
+    many = 0
+    for i in range(nb):
+        step = row[i + 1] - row[i]
+        bad |= step < 0
+        many |= step - 1
+    return not bad, many == 0
+
+
+@numba.njit(inline="always", **JIT)
+def _one_row_bags(indices, table, p0, b0, b1, last, out, dim, stream):
+    """Bags ``b0..b1`` of one index each, ``indices[p0], indices[p0 + 1], ...``, each row copied
+    straight to its output row; returns a status code.
+
+    The tile's indices are checked in a pass of their own (it vectorises) before any row is
+    read. The row ``_AHEAD_ONE_HOT`` indices on is requested with each one, up to the batch's
+    ``last`` index: into the next tiles' indices, unchecked, since a prefetch never faults.
+    """
+    # With ``rows_view``, against the previous kernel (the general loop of ``_rows_bags`` for
+    # every tile, run-time row strides), side by side (Zen 5, Criteo tables, B=256..16384, 1 and
+    # 2 threads, the same bits): D=16 1.03-2.1x as fast, D=128 1.0-1.15x.
+    idx = indices[p0 : p0 + b1 - b0]
+    outside = False
+    for i in range(idx.shape[0]):
+        outside |= np.uint64(idx[i]) >= np.uint64(table.shape[0])
+    if outside:
+        return _BAD_INDEX
+    one = np.float32(1.0)
+    for i in range(b1 - b0):
+        r = indices[min(p0 + i + _AHEAD_ONE_HOT, last)]
+        for d in range(0, dim, LINE):
+            prefetch(table, r, d)
+        rows1_write(dim, out, b0 + i, table, idx[i], one, stream)
+    return _OK
+
+
+@numba.njit(inline="always", **JIT)
 def _rows_bags(indices, offsets, table, mean, b0, b1, out, dim, ahead, stream):
     """Pool bags ``b0..b1`` into ``out[b0:b1]``; returns a status code.
 
-    Validation is fused into the pass that reads the data anyway (a separate scan of every index
-    cost as much as the gathers of a small batch): the tile's offsets are checked before any of
-    them is used, and each index when its row is prefetched, which always happens before the
-    index is used, so nothing is ever read out of bounds. On an error ``out`` is left partly
-    written. With ``stream``, one-row bags are written with streaming stores (see ``_alloc``).
+    Validation is fused into the tile (a separate scan of the whole batch cost as much as the
+    gathers of a small batch): the tile's offsets are checked before any of them is used, and
+    each index before its row is read (here when its row is prefetched, which always happens
+    first), so nothing is ever read out of bounds. On an error ``out`` is left partly written.
+    With ``stream``, one-row bags are written with streaming stores (see ``_alloc``).
     """
-    n = indices.shape[0]
-    bad = (offsets[b0] < 0) | (offsets[b1] > n)
-    for b in range(b0, b1):
-        bad |= offsets[b + 1] < offsets[b]
-    if bad:
+    valid, one_hot = _tile_offsets(indices, offsets, b0, b1)
+    if not valid:
         return _BAD_OFFSETS
-    rows = np.uint64(table.shape[0])
     # The batch's last index (its offsets past this tile are not checked here, hence the clamp).
-    end = min(n, offsets[offsets.shape[0] - 1])
-    pf = offsets[b0]  # indices [.., pf) have been checked and their rows prefetched
+    end = min(indices.shape[0], offsets[offsets.shape[0] - 1])
+    if one_hot:
+        return _one_row_bags(indices, table, offsets[b0], b0, b1, max(0, end - 1), out, dim, stream)
+    # Bags of any length: their indices are checked where they are prefetched (a pass of
+    # their own, as one-hot tiles have, made multi-hot ones 2-6% slower at B >= 1024).
+    rows = np.uint64(table.shape[0])
+    row = offsets[b0 : b1 + 1]
+    pf = row[0]  # indices [.., pf) have been checked and their rows prefetched
     one = np.float32(1.0)
-    for b in range(b0, b1):
-        p0 = offsets[b]
-        p1 = offsets[b + 1]
+    for b in range(b1 - b0):
+        p0 = row[b]
+        p1 = row[b + 1]
         # On into the next tiles' indices (checked all the same): stopping at the tile's end
         # would start every tile with a DRAM latency's stall. Never short of this bag's own.
         stop = max(p1, min(end, p1 + ahead))
@@ -70,26 +120,30 @@ def _rows_bags(indices, offsets, table, mean, b0, b1, out, dim, ahead, stream):
             for d in range(0, dim, LINE):
                 prefetch(table, r, d)
             pf += 1
+        o = b0 + b
         if p1 - p0 == 1:
-            rows1_write(dim, out, b, table, indices[p0], one, stream)
+            rows1_write(dim, out, o, table, indices[p0], one, stream)
         else:
-            bag_rows(dim, out, b, table, indices, p0, p1)  # in registers; empty bag: zeros
+            bag_rows(dim, out, o, table, indices, p0, p1)  # in registers; empty bag: zeros
             if mean and p1 > p0:
                 nf = np.float32(p1 - p0)
                 for d in range(dim):
-                    out[b, d] /= nf
+                    out[o, d] /= nf
     return _OK
 
 
 def _make_rows_kernels(dim: int, ahead: int):
-    # Closures over constants ``dim`` and ``ahead`` (see ``_bag_kernels.lookup_kernels``).
+    # Closures over constants ``dim`` and ``ahead`` (see ``_bag_kernels.lookup_kernels``); the
+    # tables are viewed again with ``dim`` a constant (``rows_view``: row addresses by shifts).
 
     @numba.njit(**JIT)
     def rows_serial(indices, offsets, table, mean, tile, out):
+        table, out = rows_view(table, dim), rows_view(out, dim)
         return _rows_bags(indices, offsets, table, mean, 0, out.shape[0], out, dim, ahead, False)
 
     @numba.njit(parallel=True, **JIT)
     def rows_parallel(indices, offsets, table, mean, tile, stream, out):
+        table, out = rows_view(table, dim), rows_view(out, dim)
         nb = out.shape[0]
         worst = _OK
         for t in prange((nb + tile - 1) // tile):

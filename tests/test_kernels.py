@@ -620,6 +620,23 @@ def test_full_bag_rows_matches_numpy(parallel, mean):
         np.testing.assert_allclose(got[b], want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("parallel", PARALLEL)
+@pytest.mark.parametrize("dim", [16, 20, 128])
+def test_full_bag_rows_one_hot_tiles_match_numpy(parallel, dim):
+    # Tiles whose every bag holds one index take a loop of their own; a batch mixes them with
+    # tiles of longer and empty bags (the first 1000 bags one-hot, then a multi-hot stretch).
+    rng = np.random.default_rng(13 + dim)
+    table = rng.standard_normal((70, dim)).astype(np.float32)
+    lengths = np.ones(1500, np.int64)
+    lengths[1000:1100] = rng.integers(0, 4, size=100)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    indices = rng.integers(0, 70, size=int(offsets[-1])).astype(np.int64)
+    got = full_bag_rows(indices, offsets, table, parallel=parallel)
+    want = np.stack([table[indices[offsets[b] : offsets[b + 1]]].sum(axis=0) for b in range(1500)])
+    np.testing.assert_array_equal(got[:1000], table[indices[:1000]])  # a copy: exact
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("aligned", [True, False])
 def test_full_bag_rows_streamed_matches_numpy(always_stream, aligned):
     rng = np.random.default_rng(11)
