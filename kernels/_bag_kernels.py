@@ -694,6 +694,20 @@ def _tile_offsets(offsets, b0, b1, n):
 
 
 @numba.njit(inline="always", **JIT)
+def _single_offsets(offsets, n):
+    # ``_tile_offsets`` for a batch of one sample (B = 1 serving), in straight-line code: the
+    # vectorised scan's set-up per feature cost ~50 ns of a ~0.9 us lookup (F = 26, measured).
+    bad = False
+    many = 0
+    for f in range(offsets.shape[0]):
+        lo = offsets[f, 0]
+        hi = offsets[f, 1]
+        bad |= (lo < 0) | (hi < lo) | (hi > n)
+        many |= hi - lo - 1
+    return not bad, many == 0
+
+
+@numba.njit(inline="always", **JIT)
 def _tile_ids(offsets, b0, b1):
     # Scratch length for a tile: its largest number of ids in one feature (at least 1).
     cap = 1
@@ -814,7 +828,10 @@ def _make_lookup_kernels(dim: int, half: bool):
         if not _shapes_ok(offsets, meta, out, dim):
             return BAD_SHAPE
         nb = out.shape[0]
-        ok, one_hot = _tile_offsets(offsets, 0, nb, values.shape[0])
+        if nb == 1:
+            ok, one_hot = _single_offsets(offsets, values.shape[0])
+        else:
+            ok, one_hot = _tile_offsets(offsets, 0, nb, values.shape[0])
         if not ok:
             return BAD_OFFSETS
         if nb == 0:

@@ -27,9 +27,9 @@ _TILE = 256
 # tile's end; at D=128 (eight lines, which the hardware prefetcher follows once the first is
 # requested) 8 ids stayed best there. On Zen 5, 16 ahead at D=16 was 0.78-0.95x as fast as 48
 # on 1 thread, and at D=128 24 ahead was 0.98-1.28x as fast as 8 (B=1024 and 4096, 1 and 2
-# threads; 16 ahead 0.95-1.20x). One-hot tiles (a leaner loop, ``_one_row_bags``) request 16 ahead at any D: on Zen 5
-# the old loop was 0.90-0.92x as fast 48 ahead as 8-16 ahead at D=16, and ``_one_row_bags``
-# 0.88-1.02x as fast 8 ahead as 16 ahead at D=128.
+# threads; 16 ahead 0.95-1.20x). One-hot tiles (a leaner loop, ``_one_row_bags``) request 16
+# ahead at any D: on Zen 5 the old loop was 0.90-0.92x as fast 48 ahead as 8-16 ahead at D=16,
+# and ``_one_row_bags`` 0.88-1.02x as fast 8 ahead as 16 ahead at D=128.
 _AHEAD_IDS_ONE_LINE = 48
 _AHEAD_MIN = 24
 _AHEAD_ONE_HOT = 16

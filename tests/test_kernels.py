@@ -764,6 +764,25 @@ def test_lookup_rejects_bad_values_offsets_and_out():
 
 
 @pytest.mark.parametrize("parallel", PARALLEL)
+def test_lookup_of_one_sample_checks_its_offsets(parallel):
+    # A batch of one sample has a scan of its own: every way its offsets can be wrong is found,
+    # and valid ones (one id, several, none) pool as the reference does.
+    rng = np.random.default_rng(14)
+    plan = make_plan(*valid_parts(rng))
+    values, offsets = jagged(rng, 7, 1, 3, EDGE_IDS)
+    n = len(values)
+    for f, col, value in [(0, 0, -1), (3, 1, offsets[3, 0] - 1), (6, 1, n + 1), (2, 0, n + 2)]:
+        bad = offsets.copy()
+        bad[f, col] = value
+        with pytest.raises(ValueError, match=rf"offsets\[{f}\] must be non-decreasing"):
+            plan.lookup(values, bad, parallel=parallel)
+    for vals, offs in [(values, offsets), edge_batch(rng, 7, 1, True, 1)]:
+        got = plan.lookup(vals, offs, parallel=parallel)
+        want = ref_lookup(plan.features, plan.tokens, plan.weights, plan.vocab, vals, offs)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("parallel", PARALLEL)
 @pytest.mark.parametrize("one_hot", [True, False])
 def test_lookup_finds_bad_offsets_in_any_tile(parallel, one_hot):
     # The parallel kernel checks offsets tile by tile: a bad entry deep in the batch, at a
