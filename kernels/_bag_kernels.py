@@ -92,8 +92,12 @@ BAD_SHAPE = 2  # offsets is not [F, B + 1] or out is not [B, F, D]
 
 # Samples per tile. A tile is hashed, then pooled, feature by feature; its scratch (ids' rows and
 # weights) stays in L2. Measured on Zen 4, 2 threads, D=16 and 128, B=256..16384: 512 was within
-# 2% of the best of 64..1024 everywhere; 64 (the old cache-sized tiles) was 5-28% slower.
-TILE = 512
+# 2% of the best of 64..1024 everywhere; 64 (the old cache-sized tiles) was 5-28% slower. On Zen 5
+# (side by side, Criteo tables in 8 MiB, 1 and 2 threads): 1024 against 512 1.03-1.09x as fast
+# at D=16 (one-hot B=2048..16384, multi-hot B=1024 and 4096), 0.98-1.08x at D=128; 2048 no
+# better than 1024; 256 0.87-0.98x. (A batch of fewer than 2 * TILE samples is split over the
+# threads all the same, see ``lookup_parallel``.)
+TILE = 1024
 
 
 @numba.njit(inline="always", **JIT)

@@ -205,8 +205,8 @@ def test_many_samples_cross_tiles(parallel):
     rng = np.random.default_rng(3)
     tokens, weights, vocab = tables(rng, dim=16)
     features = mixed_features(rng)
-    values, offsets = jagged(rng, len(features), 700, 2, EDGE_IDS + list(range(50)))
-    assert 700 > _bag_kernels.TILE  # tiles hold at most TILE samples (fewer, in parallel)
+    nb = 2 * _bag_kernels.TILE + 300  # tiles hold at most TILE samples (fewer, in parallel)
+    values, offsets = jagged(rng, len(features), nb, 2, EDGE_IDS + list(range(50)))
     check(features, tokens, weights, vocab, values, offsets, parallel)
 
 
@@ -794,7 +794,9 @@ def test_lookup_finds_bad_offsets_in_any_tile(parallel, one_hot):
     n = len(values)
     edits = [
         ((3, 1500), offsets[3, 1499] - 1),  # decreasing, deep inside
-        ((5, 512), offsets[5, 511] - 1),  # at a tile boundary
+        ((5, 512), offsets[5, 511] - 1),  # at tile boundaries (tiles of 512, 1000, 1024)
+        ((4, 1000), offsets[4, 999] - 1),
+        ((1, 1024), offsets[1, 1023] - 1),
         ((0, 0), -1),  # negative start
         ((6, 2000), n + 1),  # past the end of values
         ((2, 1000), n + 5),  # past the end mid-row (and then decreasing)
