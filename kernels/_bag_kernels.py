@@ -17,6 +17,7 @@ import numpy as np
 from numba import prange
 
 from ._alloc import LINE_BYTES
+from ._checks import scan_offsets
 from ._config import JIT
 from ._intrinsics import (
     LINE,
@@ -306,7 +307,7 @@ def _pool_one_hot_k2(tokens, weights, meta, f, b0, n, hb, out, dim, stream):
 def _one_hot(offsets, f, b0, b1):
     # True if every bag (f, b0..b1) holds exactly one id (branch-free scan, vectorises).
     bad = 0
-    row = offsets[f, b0 : b1 + 1]  # indexed from 0, see ``_tile_offsets``
+    row = offsets[f, b0 : b1 + 1]  # indexed from 0, see ``scan_offsets``
     for i in range(b1 - b0):
         bad |= row[i + 1] - row[i] - 1
     return bad == 0
@@ -432,7 +433,7 @@ def _pool_bags_k2(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim):
     nf = meta.shape[0]
     mean = meta[f, MEAN] != 0
     ahead = multi_hot_ahead(dim, line_items(tokens))
-    row = offsets[f, b0 : b1 + 1]  # indexed from 0, see ``_tile_offsets``
+    row = offsets[f, b0 : b1 + 1]  # indexed from 0, see ``scan_offsets``
     q1 = row[0] - p0
     for b in range(b1 - b0):
         q0 = q1
@@ -682,33 +683,26 @@ def _tile_one_hot(
 
 @numba.njit(inline="always", **JIT)
 def _tile_offsets(offsets, b0, b1, n):
-    # One scan of every feature's offsets[f, b0..b1]: (all non-decreasing within [0, n], every
-    # bag of exactly one id). Branch-free and vectorised: rows are sliced and indexed from 0, so
-    # Numba adds no negative-index fix-up (with ``offsets[f, b]`` it cost ~1 ns per id at D=16).
-    bad = False
-    many = 0
+    # Every feature's offsets[f, b0..b1] scanned (``scan_offsets``): (all non-decreasing within
+    # [0, n], every bag of exactly one id).
+    if b1 - b0 == 1:
+        # One sample (B = 1 serving): straight-line code; the vectorised scan's set-up per
+        # feature cost ~50 ns of a ~0.9 us lookup (F = 26, measured side by side).
+        bad = False
+        many = 0
+        for f in range(offsets.shape[0]):
+            lo = offsets[f, b0]
+            hi = offsets[f, b1]
+            bad |= (lo < 0) | (hi < lo) | (hi > n)
+            many |= hi - lo - 1
+        return not bad, many == 0
+    ok = True
+    one_hot = True
     for f in range(offsets.shape[0]):
-        row = offsets[f, b0 : b1 + 1]
-        bad |= (row[0] < 0) | (row[b1 - b0] > n)
-        for i in range(b1 - b0):
-            step = row[i + 1] - row[i]
-            bad |= step < 0
-            many |= step - 1
-    return not bad, many == 0
-
-
-@numba.njit(inline="always", **JIT)
-def _single_offsets(offsets, n):
-    # ``_tile_offsets`` for a batch of one sample (B = 1 serving), in straight-line code: the
-    # vectorised scan's set-up per feature cost ~50 ns of a ~0.9 us lookup (F = 26, measured).
-    bad = False
-    many = 0
-    for f in range(offsets.shape[0]):
-        lo = offsets[f, 0]
-        hi = offsets[f, 1]
-        bad |= (lo < 0) | (hi < lo) | (hi > n)
-        many |= hi - lo - 1
-    return not bad, many == 0
+        valid, one = scan_offsets(offsets[f, b0 : b1 + 1], n)
+        ok &= valid
+        one_hot &= one
+    return ok, one_hot
 
 
 @numba.njit(inline="always", **JIT)
@@ -832,10 +826,7 @@ def _make_lookup_kernels(dim: int, half: bool):
         if not _shapes_ok(offsets, meta, out, dim):
             return BAD_SHAPE
         nb = out.shape[0]
-        if nb == 1:
-            ok, one_hot = _single_offsets(offsets, values.shape[0])
-        else:
-            ok, one_hot = _tile_offsets(offsets, 0, nb, values.shape[0])
+        ok, one_hot = _tile_offsets(offsets, 0, nb, values.shape[0])
         if not ok:
             return BAD_OFFSETS
         if nb == 0:

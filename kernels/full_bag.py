@@ -12,7 +12,7 @@ import numpy as np
 from numba import prange
 
 from ._alloc import empty_output, streams
-from ._checks import require_array
+from ._checks import require_array, scan_offsets
 from ._config import JIT
 from ._intrinsics import LINE, bag_rows, prefetch, rows1_write, rows_view, store_fence
 
@@ -39,22 +39,6 @@ _AHEAD_ONE_HOT = 16
 _OK = 0
 _BAD_INDEX = 1
 _BAD_OFFSETS = 2
-
-
-@numba.njit(inline="always", **JIT)
-def _tile_offsets(indices, offsets, b0, b1):
-    """``(valid, one_hot)`` for bags ``b0..b1``: their offsets non-decreasing within
-    ``[0, len(indices)]``, and each bag holding exactly one index (a branch-free pass that
-    vectorises)."""
-    row = offsets[b0 : b1 + 1]  # sliced: indexed from 0, no negative-index fix-ups
-    nb = b1 - b0
-    bad = (row[0] < 0) | (row[nb] > indices.shape[0])
-    many = 0
-    for i in range(nb):
-        step = row[i + 1] - row[i]
-        bad |= step < 0
-        many |= step - 1
-    return not bad, many == 0
 
 
 @numba.njit(inline="always", **JIT)
@@ -94,7 +78,7 @@ def _rows_bags(indices, offsets, table, mean, b0, b1, out, dim, ahead, stream):
     first), so nothing is ever read out of bounds. On an error ``out`` is left partly written.
     With ``stream``, one-row bags are written with streaming stores (see ``_alloc``).
     """
-    valid, one_hot = _tile_offsets(indices, offsets, b0, b1)
+    valid, one_hot = scan_offsets(offsets[b0 : b1 + 1], indices.shape[0])
     if not valid:
         return _BAD_OFFSETS
     # The batch's last index (its offsets past this tile are not checked here, hence the clamp).
