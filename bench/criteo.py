@@ -7,6 +7,7 @@ preprocessed by facebookresearch/dlrm (its ``--arch-embedding-size`` for the Kag
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,6 +169,40 @@ def make_bags(
     table_rows = rows + np.repeat(base, per_feature)
     table_offsets = np.append(offsets[:, :-1].ravel(), offsets[-1, -1])
     return Bags(rows, offsets, fused_rows, fused_offsets, table_rows, table_offsets)
+
+
+# A configuration is timed over a rotation of distinct batches, as a served model sees new ids in
+# every request: one batch timed over and over finds the full tables' rows in cache from its
+# second call on, which no table of 100s of GB allows (D=16, B=1024 zipf, 2 threads, Zen 4: our
+# full-table kernel took 59 us a call on one batch repeated, 105 us on fresh batches; torch's
+# fused bag 169 and 249 us). A rotation's full-table rows add up to ROTATION_CACHES times the
+# last-level cache, in 2 to MAX_ROTATION batches (16384 one-id batches of 26 ids cover 27 MB at
+# D=16, less than 4 caches: the cap keeps set-up within seconds).
+ROTATION_CACHES = 4
+MAX_ROTATION = 16384
+
+
+def rotation_size(ids_per_batch: int, row_bytes: int, cache_bytes: int) -> int:
+    """Batches of ``ids_per_batch`` ids in a rotation: ``ROTATION_CACHES * cache_bytes`` of rows
+    of ``row_bytes``, at least 2 batches, at most ``MAX_ROTATION``."""
+    want = ROTATION_CACHES * cache_bytes / max(1, ids_per_batch * row_bytes)
+    return int(min(MAX_ROTATION, max(2, math.ceil(want))))
+
+
+def make_rotation(
+    seed: int,
+    cards: tuple[int, ...],
+    batch: int,
+    dist: str,
+    multi_hot: bool,
+    row_bytes: int,
+    cache_bytes: int,
+) -> list[Bags]:
+    """Distinct generated batches (``make_bags``), as many as ``rotation_size`` asks for."""
+    rng = np.random.default_rng(seed)
+    first = make_bags(rng, cards, batch, dist, multi_hot)
+    count = rotation_size(first.num_ids, row_bytes, cache_bytes)
+    return [first] + [make_bags(rng, cards, batch, dist, multi_hot) for _ in range(count - 1)]
 
 
 def kaggle_dlrm_config(

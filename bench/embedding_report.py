@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from criteo import MAX_ROTATION, ROTATION_CACHES
 from machine import header_markdown
 
 # Issue 4's "done when" thresholds.
@@ -19,6 +20,19 @@ GOAL_FULL = 1 / 1.1  # our full-table kernel at most 10% slower than EmbeddingBa
 GOAL_GATHER = 0.9
 # The strongest baseline's candidates: torch's two layouts (see ``embedding_worker``).
 TORCH = ("torch_tables", "torch_fused")
+
+
+def _rotations(workers: list[dict]) -> str:
+    # "B=1: 16384, ..., B=16384: 2-6": batches per rotation by batch size, over D, ids and bags.
+    by_batch: dict[int, set[int]] = {}
+    for w in workers:
+        for row in w.get("rows", []):
+            by_batch.setdefault(row["batch"], set()).add(row.get("rotation", 1))
+    parts = []
+    for b, counts in sorted(by_batch.items()):
+        lo, hi = min(counts), max(counts)
+        parts.append(f"B={b}: {lo}" if lo == hi else f"B={b}: {lo}-{hi}")
+    return ", ".join(parts)
 
 
 def _key(row: dict) -> tuple:
@@ -247,9 +261,15 @@ def markdown(info: dict, settings: dict, workers: list[dict]) -> str:
         f"- Tables: the 26 Criteo Kaggle cardinalities ({sum(settings['cards']):,} rows); "
         "full tables float32, stacked in one tensor; the per-table torch modules are views of "
         "it, and our full-table kernel reads the same memory.",
-        "- Ids: generated per batch, `zipf` (bounded power law, s=1.05, ranks scattered over the "
+        "- Ids: generated, `zipf` (bounded power law, s=1.05, ranks scattered over the "
         "table) or `uniform`; bags `one`-hot or `multi`-hot (1..10 ids per bag, uniformly, "
-        "as facebookresearch/dlrm's synthetic generator).",
+        "as facebookresearch/dlrm's synthetic generator). Every contender cycles through the "
+        "same rotation of distinct batches, new ids on every call as in serving, so that no call "
+        "finds the previous call's full-table rows in cache (`criteo.make_rotation`: the rows "
+        f"of a rotation add up to {ROTATION_CACHES} times the last-level cache, in 2 to "
+        f"{MAX_ROTATION} batches; here {_rotations(workers)}); before each call, untimed, its "
+        "batch is copied into fresh input arrays, as feature prep writes them just before the "
+        "lookup.",
         f"- Batch sizes {settings['batches']}, threads {settings['threads']} "
         "(`torch.set_num_threads` and `numba.set_num_threads` alike); "
         f"{settings['seconds']} s per contender per configuration over {settings['rounds']} "

@@ -3,7 +3,8 @@
 Run by the orchestrator as ``python bench/embedding_worker.py SETTINGS.json RESULT.json``; the
 orchestrator sets ``THP_MEM_ALLOC_ENABLE`` in this process's environment, because torch reads it
 once at start-up. Everything compared in one ratio is measured here, interleaved
-(``timing.measure``), on the same batches:
+(``timing.measure``), on the same rotation of distinct batches (``criteo.make_rotation``: new
+ids on every call, as in serving):
 
 - ``memrec``: :meth:`BagPlan.lookup` over 26 MEM-REC tables, output ``[B, F, D]`` preallocated;
 - ``memrec_half``: the same tables with their token rows stored as float16 (``convert
@@ -26,14 +27,15 @@ import json
 import os
 import sys
 import time
+from functools import partial
 
 import numba
 import numpy as np
-from criteo import Bags, make_bags, memrec_sizes
+from criteo import Bags, make_rotation, memrec_sizes
 from embedding_report import TORCH
 from gather_rate import gather_call, resident_table, write_call
 from machine import cache_bytes, meminfo_bytes
-from timing import measure, summary
+from timing import Rotation, measure, summary
 
 from memrec_infer.kernels._alloc import empty_aligned
 from memrec_infer.kernels.bags import BagPlan, FeatureTable, full_bag_rows, make_plan
@@ -100,46 +102,73 @@ def full_weight(torch, total_rows: int, dim: int, seed: int):
     return weight
 
 
-def contenders(torch, plans, tables, fused, weight_np, bags: Bags, full: bool) -> dict:
-    """Zero-argument callables, one per contender, on preallocated inputs and outputs.
+def contenders(torch, plans, tables, fused, weight_np, batches: list[Bags], full: bool) -> dict:
+    """One :class:`timing.Rotation` per contender over ``batches``, preallocated outputs.
 
+    Before each call, untimed, the call's batch is copied into fresh input arrays (tensors for
+    torch), as the engine's feature prep writes a batch's ids just before its lookup: the input
+    is in cache, the table rows its ids pick are wherever the previous batches left them.
     ``plans``: the MEM-REC plans by contender name (``memrec``, and ``memrec_half`` if run).
+    Each output is allocated once and reused by every batch, as the engine reuses its buffers.
     """
-    nf = bags.offsets.shape[0]
-    nb = bags.batch
+    first = batches[0]
+    nf = first.offsets.shape[0]
+    nb = first.batch
     dim = weight_np.shape[1]
-    plan = plans["memrec"]
-    out = plan.empty_output(nb)  # 64-byte aligned, as the engine's own buffers (so it can stream)
-    per_table = []
-    for f in range(nf):
-        lo, hi = bags.offsets[f, 0], bags.offsets[f, -1]
-        idx = torch.from_numpy(np.ascontiguousarray(bags.rows[lo:hi]))
-        offs = torch.from_numpy(np.ascontiguousarray(bags.offsets[f, :-1] - lo))
-        per_table.append((tables[f], idx, offs))
-    fused_idx = torch.from_numpy(bags.fused_rows)
-    fused_offs = torch.from_numpy(np.ascontiguousarray(bags.fused_offsets[:-1]))
 
+    def rotation(make) -> Rotation:
+        return Rotation([partial(make, b) for b in batches])
+
+    def ours(plan, out):
+        return rotation(lambda b: partial(plan.lookup, b.rows.copy(), b.offsets.copy(), out))
+
+    def per_table(b: Bags):
+        calls = []
+        for f in range(nf):
+            lo, hi = b.offsets[f, 0], b.offsets[f, -1]
+            idx = torch.from_numpy(b.rows[lo:hi].copy())
+            offs = torch.from_numpy(b.offsets[f, :-1] - lo)
+            calls.append((tables[f], idx, offs))
+        return partial(_per_table, calls)
+
+    def torch_fused(b: Bags):
+        idx = torch.from_numpy(b.fused_rows.copy())
+        return partial(fused, idx, torch.from_numpy(b.fused_offsets[:-1].copy()))
+
+    plan = plans["memrec"]
+    # 64-byte aligned outputs, as the engine's own buffers (so that large ones can stream).
     calls = {
-        "memrec": lambda: plan.lookup(bags.rows, bags.offsets, out=out),
-        "torch_tables": lambda: [emb(i, o) for emb, i, o in per_table],
-        "torch_fused": lambda: fused(fused_idx, fused_offs),
+        "memrec": ours(plan, plan.empty_output(nb)),
+        "torch_tables": rotation(per_table),
+        "torch_fused": rotation(torch_fused),
     }
     if "memrec_half" in plans:
-        half, out_half = plans["memrec_half"], plan.empty_output(nb)
-        calls["memrec_half"] = lambda: half.lookup(bags.rows, bags.offsets, out=out_half)
+        calls["memrec_half"] = ours(plans["memrec_half"], plan.empty_output(nb))
     if full:
         # The floor: only writing an output of the same shape, as the engine writes it.
         calls["write_floor"] = write_call(empty_aligned((nb * nf, dim)))
         out_full = empty_aligned((nb * nf, dim))
-        calls["full_kernel"] = lambda: full_bag_rows(
-            bags.fused_rows, bags.fused_offsets, weight_np, out=out_full
+        calls["full_kernel"] = rotation(
+            lambda b: partial(
+                full_bag_rows, b.fused_rows.copy(), b.fused_offsets.copy(), weight_np, out=out_full
+            )
         )
         out_tables = empty_aligned((nf * nb, dim))
-        calls["full_kernel_tables"] = lambda: full_bag_rows(
-            bags.table_rows, bags.table_offsets, weight_np, out=out_tables
+        calls["full_kernel_tables"] = rotation(
+            lambda b: partial(
+                full_bag_rows,
+                b.table_rows.copy(),
+                b.table_offsets.copy(),
+                weight_np,
+                out=out_tables,
+            )
         )
-
     return calls
+
+
+def _per_table(per_table: list) -> list:
+    # One EmbeddingBag call per table, as DLRM does.
+    return [emb(i, o) for emb, i, o in per_table]
 
 
 def with_fewer_torch_threads(torch, calls: dict, threads: int, settings: dict):
@@ -164,16 +193,22 @@ def with_fewer_torch_threads(torch, calls: dict, threads: int, settings: dict):
 
 
 def check_same_sums(torch, calls: dict, bags: Bags) -> None:
-    """The full-table contenders must compute the same ``[B, F, D]`` (else the race is unfair)."""
+    """The full-table contenders must compute the same ``[B, F, D]`` (else the race is unfair),
+    checked on the rotation's first batch, ``bags``."""
     nb, nf = bags.batch, bags.offsets.shape[0]
-    fused = calls["torch_fused"]().numpy().reshape(nb, nf, -1)
-    tables = torch.stack(calls["torch_tables"](), dim=1).numpy()
+    fused = _first(calls["torch_fused"]).numpy().reshape(nb, nf, -1)
+    tables = torch.stack(_first(calls["torch_tables"]), dim=1).numpy()
     np.testing.assert_allclose(tables, fused, rtol=1e-5, atol=1e-5)
     if "full_kernel" in calls:
-        ours = calls["full_kernel"]().reshape(nb, nf, -1)
+        ours = _first(calls["full_kernel"]).reshape(nb, nf, -1)
         np.testing.assert_allclose(ours, fused, rtol=1e-5, atol=1e-5)
-        ours = calls["full_kernel_tables"]().reshape(nf, nb, -1).transpose(1, 0, 2)
+        ours = _first(calls["full_kernel_tables"]).reshape(nf, nb, -1).transpose(1, 0, 2)
         np.testing.assert_allclose(ours, fused, rtol=1e-5, atol=1e-5)
+
+
+def _first(contender: Rotation):
+    # A contender's result on the rotation's first batch.
+    return contender.feeds[0]()()
 
 
 def run(settings: dict) -> dict:
@@ -210,16 +245,18 @@ def run(settings: dict) -> dict:
     full = settings["full_kernel"]
     # Goal 4's reference, timed beside MEM-REC at the largest one-hot batch (THP worker only).
     l2_table = resident_table(L2_TABLE_BYTES, dim) if full else None
+    l3_bytes = cache_bytes(3) or 32 << 20
     rows = []
     with torch.inference_mode():
         for dist in settings["dists"]:
             for hot in settings["hots"]:
                 for batch in settings["batches"]:
                     seed = settings["seed"] + 7919 * batch + 31 * len(dist) + len(hot)
-                    bags = make_bags(
-                        np.random.default_rng(seed), cards, batch, dist, hot == "multi"
+                    batches = make_rotation(
+                        seed, cards, batch, dist, hot == "multi", 4 * dim, l3_bytes
                     )
-                    calls = contenders(torch, plans, tables, fused, weight_np, bags, full)
+                    bags = batches[0]
+                    calls = contenders(torch, plans, tables, fused, weight_np, batches, full)
                     if l2_table is not None and hot == "one" and batch == max(settings["batches"]):
                         # Same bags x rows per bag as MEM-REC, timed in the same rotation.
                         calls["gather_l2"], _ = gather_call(l2_table, bags.num_ids, settings["k"])
@@ -232,11 +269,12 @@ def run(settings: dict) -> dict:
                             timed, settings["seconds"], settings["rounds"], before=before
                         )
                         row = {"dist": dist, "hot": hot, "batch": batch, "threads": threads}
-                        row["ids"] = bags.num_ids
+                        row["ids"] = round(np.mean([b.num_ids for b in batches]))
+                        row["rotation"] = len(batches)
                         row["contenders"] = {n: summary(t, batch) for n, t in times.items()}
                         rows.append(row)
                         print(_progress(dim, thp, row), file=sys.stderr, flush=True)
-                    del calls, bags
+                    del calls, bags, batches
     result["rows"] = rows
     if settings["gather"]:
         result["gather"] = gather_rates(settings, weight_np, result["memrec"]["token_bytes"])

@@ -4,6 +4,11 @@ Each contender runs in blocks of calls; blocks of all contenders alternate over 
 (the order rotates every round), and every call is timed on its own. A load spike from another
 process then hits all contenders alike instead of one of them.
 
+A contender may be a :class:`Rotation`: before each of its calls, untimed, it is fed that call's
+input (the next batch of a rotation, written into fresh arrays as a serving engine's feature
+prep writes them), so that no call finds the previous call's table rows in cache while its own
+input is as warm as it would be in serving.
+
 A contender may have a ``before`` hook, run (untimed) before each of its blocks: e.g. setting the
 thread count that it, and not the others, runs on, so one rotation can hold the same library on
 1 and on 2 threads.
@@ -17,7 +22,8 @@ contender's block.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,8 +33,21 @@ _MAX_BLOCK = 20_000
 SETTLE_S = 0.02
 
 
+@dataclass(frozen=True)
+class Rotation:
+    """A contender whose calls take turns over inputs: ``feeds[i]()``, run untimed, prepares
+    the i-th input and returns the call to time on it; the turns carry on from block to block.
+    """
+
+    feeds: Sequence[Callable[[], Callable[[], object]]]
+
+    def __post_init__(self) -> None:
+        if not self.feeds:
+            raise ValueError("a Rotation needs at least one feed")
+
+
 def measure(
-    contenders: dict[str, Callable[[], object]],
+    contenders: dict[str, Callable[[], object] | Rotation],
     seconds: float,
     rounds: int = 5,
     warmup: int = 2,
@@ -39,7 +58,8 @@ def measure(
 
     Parameters
     ----------
-    contenders : name -> a callable doing one complete call (e.g. one batch lookup)
+    contenders : name -> a callable doing one complete call (e.g. one batch lookup), or a
+        :class:`Rotation` of them
     seconds : timing budget per contender (spread over ``rounds``); at least one call per
         round is always made
     rounds : number of rotations over the contenders
@@ -53,31 +73,43 @@ def measure(
     dict name -> float64 array of per-call seconds
     """
     hooks = before or {}
+    feeds = {
+        n: list(c.feeds) if isinstance(c, Rotation) else [lambda c=c: c]
+        for n, c in contenders.items()
+    }
+    position = dict.fromkeys(feeds, 0)
     est: dict[str, float] = {}
-    for name, fn in contenders.items():
+    for name, fs in feeds.items():
         if name in hooks:
             hooks[name]()
-        for _ in range(warmup):
-            fn()
+        for i in range(warmup):
+            fs[i % len(fs)]()()
+        fn = fs[warmup % len(fs)]()
         t0 = time.perf_counter_ns()
         fn()
         est[name] = max(time.perf_counter_ns() - t0, 1) / 1e9
-    names = list(contenders)
+        position[name] = (warmup + 1) % len(fs)
+    names = list(feeds)
     times: dict[str, list[int]] = {n: [] for n in names}
     clock = time.perf_counter_ns
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            fn = contenders[name]
+            fs = feeds[name]
+            count = len(fs)
+            i = position[name]
             n = int(min(_MAX_BLOCK, max(1, seconds / rounds / est[name])))
             out = times[name]
             if name in hooks:
                 hooks[name]()
             time.sleep(settle)
             for _ in range(n):
+                fn = fs[i]()
+                i = i + 1 if i + 1 < count else 0
                 t0 = clock()
                 fn()
                 out.append(clock() - t0)
+            position[name] = i
     return {n: np.asarray(v, dtype=np.float64) / 1e9 for n, v in times.items()}
 
 
