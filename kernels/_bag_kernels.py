@@ -553,6 +553,26 @@ def _direct_one_hot(values, offsets, tokens, weights, vocab, keys, meta, nb, out
 
 
 @numba.njit(inline="always", **JIT)
+def _prefetch_direct(values, offsets, tokens, keys, meta, nb):
+    # Before the direct path pools a few samples: the token rows of every id of a k = k_w = 2
+    # feature requested up front (its two token hashes computed twice, here and where pooled),
+    # so that the batch's row misses overlap instead of stalling feature after feature. Served
+    # with new ids on every call, rows of one cache line (D = 16, Criteo tables in 8 MiB, side
+    # by side): B = 1 one-hot 1.75x as fast (2.5 -> 1.4 us), multi-hot 1.5x (6.5 -> 4.3 us),
+    # B = 8 multi-hot 1.2x. Not for longer rows: at D = 128 (8 lines a row) prefetching every
+    # line, or the first two, was 10% slower than leaving them to the hardware prefetcher.
+    for f in range(meta.shape[0]):
+        if _is_k2(meta, f):
+            toff = meta[f, TOKEN_OFFSET]
+            m = np.uint64(meta[f, ROWS]) & MASK32
+            ts = meta[f, TOKEN_SEED]
+            for p in range(offsets[f, 0], offsets[f, nb]):
+                x = values[p]
+                prefetch(tokens, toff + _key_bucket(x, keys, ts, m), 0)
+                prefetch(tokens, toff + _key_bucket(x, keys, ts + 1, m), 0)
+
+
+@numba.njit(inline="always", **JIT)
 def _direct_ok(meta, f):
     # Features the direct path serves: full ones and memrec ones with k <= UNROLLED_K.
     return (meta[f, KIND] == KIND_FULL) | (meta[f, K] <= UNROLLED_K)
@@ -835,6 +855,8 @@ def _make_lookup_kernels(dim: int, half: bool):
         if nb <= DIRECT_MAX and _all_direct(meta):
             # Batches of a few samples: no scratch, no tiles; the general path's set-up costs
             # as much as the whole lookup here (~0.6 us at B = 1, F = 26).
+            if dim <= line_items(tokens):  # a constant: folds
+                _prefetch_direct(values, offsets, tokens, keys, meta, nb)
             if one_hot:
                 _direct_one_hot(values, offsets, tokens, weights, vocab, keys, meta, nb, out, dim)
             else:
