@@ -217,14 +217,17 @@ def goals(
 
 
 def _streamed(settings: dict) -> str:
-    # Which outputs the run streamed: "outputs of at least 6 MiB a thread at D=16, ...", from
-    # the per-thread thresholds it recorded (older runs: one threshold, 12 MiB before that).
+    # Which outputs the run streamed: "outputs of at least 6 MiB at D=16, ...", from the
+    # thresholds by D it recorded (earlier runs: thresholds for a thread's share of the output;
+    # older ones: one threshold, 12 MiB before that).
+    by_dim = settings.get("stream_min_bytes_by_dim")
     per_thread = settings.get("stream_min_bytes_per_thread")
-    if per_thread is None:
+    if by_dim is None and per_thread is None:
         return f"outputs of {settings.get('stream_min_bytes', 12 << 20) / 2**20:g} MiB or more"
+    share = " a thread" if by_dim is None else ""
     parts = [
-        f"{b / 2**20:g} MiB a thread at D={d}"
-        for d, b in sorted(per_thread.items(), key=lambda x: int(x[0]))
+        f"{b / 2**20:g} MiB{share} at D={d}"
+        for d, b in sorted((by_dim or per_thread).items(), key=lambda x: int(x[0]))
     ]
     return "outputs of at least " + ", ".join(parts)
 

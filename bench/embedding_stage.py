@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": args.seconds,
         "rounds": args.rounds,
         "gather_bags": max(args.batches) * len(KAGGLE_CARDINALITIES),
-        "stream_min_bytes_per_thread": {str(d): stream_min_bytes(4 * d) for d in args.dims},
+        "stream_min_bytes_by_dim": {str(d): stream_min_bytes(4 * d) for d in args.dims},
     }
     workers = []
     for dim in args.dims:

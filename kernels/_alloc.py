@@ -13,33 +13,27 @@ from __future__ import annotations
 
 import mmap
 
-import numba
 import numpy as np
 
 LINE_BYTES = 64
 
-# A thread streams its share of an output (writes it with non-temporal stores, which bypass the
-# caches) once that share is this large; smaller outputs are written through the cache, where
-# they stay for the next call and the dense part that reads them. Per thread, because what
-# matters is how much each core's stores push out of its L2 and the shared L3 (32 MiB, where the
-# token tables live). Measured side by side (same process, the threshold the only change), one-
-# hot MEM-REC lookups of the Criteo tables in 8 MiB, Zen 5 VM (L2 1 MiB a core):
-# - rows of one cache line (D=16): 6.5 MiB outputs on 2 threads (3.25 MiB a thread) 1.14-1.50x
-#   as fast cached, on 1 thread 0.79-1.01x; 13 MiB (6.5 a thread on 2) 1.2-1.9x as fast
-#   streamed on 1 and 2 threads, 26 MiB and more 1.2-1.8x;
-# - longer rows (D=128): 6.5 MiB outputs 1.2-1.5x as fast cached on 1 thread, 1.9-2.5x on 2;
-#   13 MiB 1.08-1.16x as fast streamed on 1 thread but 1.35-2.3x as fast cached on 2 (6.5 MiB a
-#   thread); 26 MiB (13 a thread on 2) 1.6-2.6x streamed on 1 thread, 0.93-1.03x on 2.
-# The full-table kernel's outputs (D=128) went the same ways; at D=16 within +-20% either way.
-# Earlier machines: a Zen 4 VM agreed (2 threads: 7 MB at D=16 and 14 MB at D=128 1.3-1.4x as
-# fast cached, 27 and 54 MB 1.4-1.5x streamed); a Zen 3 VM (L2 512 KiB, a busy shared L3)
-# streamed best from 6.5 MiB on (up to 3.8x at D=128 on 1 thread), whatever the threads.
-STREAM_MIN_BYTES = 6 << 20  # a thread's share, rows of one line (the smallest threshold)
-STREAM_MIN_BYTES_LONG_ROWS = 8 << 20  # a thread's share, rows of several lines
+# An output this large is streamed (written with non-temporal stores, which bypass the caches);
+# smaller outputs are written through the cache, where they stay for the next call and the dense
+# part that reads them. By the output's size, whatever the threads: a cached output pushes the
+# token tables (8 MiB of the shared 32 MiB L3) out of the cache, and with new ids on every call
+# the next lookup pays for it. Side by side, one-hot MEM-REC lookups of the Criteo tables in
+# 8 MiB, fresh batches on every call, Zen 4 VM (L2 1 MiB a core), 2 threads: D=16 6.5 MiB
+# outputs 1.6-1.75x as fast streamed (1.6 MiB: the same either way), D=128 13 MiB 1.75-1.9x
+# (3.2 MiB: 1.5x as fast cached), 26 and 52 MiB 1.8-2.0x. (On 1 thread nothing changed.)
+# Earlier, timing one batch over and over (its token rows stayed in cache), a Zen 5 VM had
+# streamed best by the output's share per thread (6.5 MiB outputs on 2 threads 1.1-1.5x as fast
+# cached at D=16, 13 MiB at D=128 1.35-2.3x), and a Zen 3 VM by size, as here.
+STREAM_MIN_BYTES = 6 << 20  # rows of one cache line (the smallest threshold)
+STREAM_MIN_BYTES_LONG_ROWS = 8 << 20  # rows of several lines
 
 
 def stream_min_bytes(row_bytes: int) -> int:
-    """Bytes of output per thread from which rows of ``row_bytes`` are streamed."""
+    """Bytes of output from which rows of ``row_bytes`` are streamed."""
     return STREAM_MIN_BYTES if row_bytes <= LINE_BYTES else STREAM_MIN_BYTES_LONG_ROWS
 
 
@@ -64,19 +58,14 @@ def line_aligned(arr: np.ndarray) -> bool:
     return arr.__array_interface__["data"][0] % LINE_BYTES == 0
 
 
-def streams(out: np.ndarray, row_bytes: int, threads: int | None = None) -> bool:
-    """Whether a kernel writing rows of ``row_bytes`` into ``out`` on ``threads`` threads (None:
-    Numba's current thread count) should stream its stores.
+def streams(out: np.ndarray, row_bytes: int) -> bool:
+    """Whether a kernel writing rows of ``row_bytes`` into ``out`` should stream its stores.
 
-    Only for outputs of at least ``threads * stream_min_bytes(row_bytes)`` whose rows all
-    start on a cache line (``out`` aligned, rows a whole number of lines).
+    Only for outputs of at least ``stream_min_bytes(row_bytes)`` whose rows all start on a cache
+    line (``out`` aligned, rows a whole number of lines).
     """
-    if out.nbytes < STREAM_MIN_BYTES:  # below every threshold: skip asking Numba (~0.6 us)
-        return False
-    if threads is None:
-        threads = numba.get_num_threads()
     return (
-        out.nbytes >= threads * stream_min_bytes(row_bytes)
+        out.nbytes >= stream_min_bytes(row_bytes)
         and row_bytes % LINE_BYTES == 0
         and line_aligned(out)
     )

@@ -80,11 +80,10 @@ H_KEY_ROWS = 7
 H_META = 8  # address of meta, int64 [H_FEATURES, META_COLS]
 H_FEATURES = 9
 H_MAX_K = 10  # largest k of the plan, >= 1 (rows of the per-tile weights scratch)
-H_STREAM_MIN = 11  # outputs of this many bytes per thread may be streamed (``_alloc``)
+H_STREAM_MIN = 11  # outputs of this many bytes may be streamed (``_alloc``)
 H_POOL = 12  # threads in Numba's pool (``NUMBA_NUM_THREADS``), for tile sizes
 H_MAX_HASHES = 13  # largest k + k_w of the plan, >= 4 (rows of the per-tile hash scratch)
-H_THREADS = 14  # threads of the latest parallel lookup of a large output (set by ``BagPlan``)
-HANDLE_LEN = 15
+HANDLE_LEN = 14
 
 # Status codes of the lookup kernels.
 OK = 0
@@ -855,7 +854,7 @@ def _streams(plan, out, dim):
     # Streaming stores for outputs too large to stay in cache (``_alloc.streams``), only where
     # every row starts on a cache line (else the stores fault).
     return (
-        out.size * 4 >= plan[H_STREAM_MIN] * plan[H_THREADS]
+        out.size * 4 >= plan[H_STREAM_MIN]
         and (dim * 4) % LINE_BYTES == 0
         and data_address(out) % LINE_BYTES == 0
     )

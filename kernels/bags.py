@@ -121,7 +121,6 @@ class BagPlan:
         handle[_k.H_MAX_HASHES] = max(4, int(hashes.max())) if len(features) else 4
         handle[_k.H_STREAM_MIN] = _alloc.stream_min_bytes(self._dim * 4)
         handle[_k.H_POOL] = numba.config.NUMBA_NUM_THREADS
-        handle[_k.H_THREADS] = numba.config.NUMBA_NUM_THREADS
         self._handle = handle
         # (serial, parallel) kernels, fetched on first use by ``_checked_lookup``: calling None
         # raises the TypeError that sends the first call of each kind down that path.
@@ -185,13 +184,6 @@ class BagPlan:
         try:
             if parallel is None:
                 parallel = len(out) > SERIAL_MAX_BATCH
-            if parallel and out.nbytes >= _alloc.STREAM_MIN_BYTES:
-                # Whether to stream depends on the output per thread (``_alloc.streams``); the
-                # kernel cannot ask Numba (it would not cache), and asking costs ~0.6 us here,
-                # nothing next to a lookup this large. Shared by the plan's callers: two Python
-                # threads on different thread counts may get each other's store policy, never
-                # a different result.
-                self._handle[_k.H_THREADS] = numba.get_num_threads()
             status = self._kernels[1 if parallel else 0](values, offsets, self._handle, out)
         except (TypeError, AttributeError):  # AttributeError: ``out`` without ``nbytes``
             status = self._checked_lookup(values, offsets, out, bool(parallel))

@@ -566,36 +566,24 @@ def test_empty_aligned_starts_on_a_cache_line():
     assert not _alloc.line_aligned(misaligned((4, 16)))
     # Outputs the kernels allocate themselves are aligned when large enough to be streamed into.
     big = _alloc.empty_output((_alloc.STREAM_MIN_BYTES // 64, 16))
-    assert big.dtype == np.float32 and _alloc.streams(big, 64, threads=1)
+    assert big.dtype == np.float32 and _alloc.streams(big, 64)
 
 
-def test_outputs_are_streamed_by_their_share_per_thread():
-    # A thread streams once its share of the output reaches the threshold for its row length.
+def test_outputs_are_streamed_by_their_size():
+    # An output is streamed once it reaches the threshold for its row length, on any threads.
     mib = 2**20
     short, long = _alloc.STREAM_MIN_BYTES, _alloc.STREAM_MIN_BYTES_LONG_ROWS
     assert short < long
     out = _alloc.empty_aligned((short // 4,))
-    assert _alloc.streams(out, 64, threads=1) and not _alloc.streams(out, 64, threads=2)
-    assert not _alloc.streams(out, 512, threads=1)
-    two = _alloc.empty_aligned((2 * long // 4,))
-    assert _alloc.streams(two, 512, threads=2) and not _alloc.streams(two, 512, threads=3)
-    assert not _alloc.streams(_alloc.empty_aligned((mib // 4,)), 64, threads=1)
-    assert not _alloc.streams(two[1:], 64, threads=1)  # not on a cache line
-
-
-def test_large_parallel_lookups_record_their_threads(monkeypatch):
-    # The kernel streams by the output per thread; the plan tells it the threads of the call.
+    assert _alloc.streams(out, 64) and not _alloc.streams(out, 512)
+    assert not _alloc.streams(_alloc.empty_aligned((short // 4 - 16,)), 64)
+    assert _alloc.streams(_alloc.empty_aligned((long // 4,)), 512)
+    assert not _alloc.streams(_alloc.empty_aligned((mib // 4,)), 64)
+    assert not _alloc.streams(out[1:], 64)  # not on a cache line
     rng = np.random.default_rng(12)
     tokens, weights, vocab = tables(rng, dim=16)
-    features = every_k_features(rng)
-    plan = make_plan(features, tokens, weights, vocab)
-    assert plan._handle[_bag_kernels.H_STREAM_MIN] == _alloc.stream_min_bytes(64)
-    values, offsets = edge_batch(rng, len(features), 100, True, 1)
-    out = plan.empty_output(100)
-    monkeypatch.setattr(_alloc, "STREAM_MIN_BYTES", out.nbytes)
-    monkeypatch.setattr(numba, "get_num_threads", lambda: 7)
-    plan.lookup(values, offsets, out=out, parallel=True)
-    assert plan._handle[_bag_kernels.H_THREADS] == 7
+    plan = make_plan(every_k_features(rng), tokens, weights, vocab)
+    assert plan._handle[_bag_kernels.H_STREAM_MIN] == _alloc.stream_min_bytes(64) == short
 
 
 # ---------------------------------------------------------------- full_bag_rows
