@@ -185,7 +185,7 @@ class BagPlan:
             if parallel is None:
                 parallel = len(out) > SERIAL_MAX_BATCH
             status = self._kernels[1 if parallel else 0](values, offsets, self._handle, out)
-        except (TypeError, AttributeError):  # AttributeError: ``out`` without ``nbytes``
+        except TypeError:
             status = self._checked_lookup(values, offsets, out, bool(parallel))
         if status != _OK:  # nothing was read out of bounds; ``out`` is not to be used
             self._raise(status, values, offsets, out)

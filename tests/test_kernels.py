@@ -741,6 +741,9 @@ def test_lookup_rejects_bad_values_offsets_and_out():
         plan.lookup(values, offsets, out=np.empty((3, 7, 7), np.float32))
     with pytest.raises(ValueError, match="out must be a float32"):
         plan.lookup(values, offsets, out=np.empty((3, 7, 16), np.float64))
+    for not_an_array in (5, [[[0.0] * 16] * 7] * 3):
+        with pytest.raises(ValueError, match="out must be a float32 .*found a (int|list)"):
+            plan.lookup(values, offsets, out=not_an_array)
     frozen = np.empty((3, 7, 16), np.float32)
     frozen.flags.writeable = False
     with pytest.raises(ValueError, match="out must be a writable float32"):
