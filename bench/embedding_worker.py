@@ -256,6 +256,7 @@ def run(settings: dict) -> dict:
                         seed, cards, batch, dist, hot == "multi", 4 * dim, l3_bytes
                     )
                     bags = batches[0]
+                    ids = round(np.mean([b.num_ids for b in batches]))
                     calls = contenders(torch, plans, tables, fused, weight_np, batches, full)
                     if l2_table is not None and hot == "one" and batch == max(settings["batches"]):
                         # Same bags x rows per bag as MEM-REC, timed in the same rotation.
@@ -269,7 +270,7 @@ def run(settings: dict) -> dict:
                             timed, settings["seconds"], settings["rounds"], before=before
                         )
                         row = {"dist": dist, "hot": hot, "batch": batch, "threads": threads}
-                        row["ids"] = round(np.mean([b.num_ids for b in batches]))
+                        row["ids"] = ids
                         row["rotation"] = len(batches)
                         row["contenders"] = {n: summary(t, batch) for n, t in times.items()}
                         rows.append(row)

@@ -539,18 +539,21 @@ WIDE_AHEAD = 4
 
 
 @numba.njit(inline="always", **JIT)
+def _prefetch_k2_rows(tokens, keys, params, x, stop):
+    # Lines [0, stop) of the two token rows of id ``x`` of a k = k_w = 2 feature (``_k2_params``).
+    toff, m, ts = params[0], params[1], params[2]
+    h0 = toff + _key_bucket(x, keys, ts, m)
+    h1 = toff + _key_bucket(x, keys, ts + 1, m)
+    for d in range(0, stop, line_items(tokens)):
+        prefetch(tokens, h0, d)
+        prefetch(tokens, h1, d)
+
+
+@numba.njit(inline="always", **JIT)
 def _prefetch_sample(values, offsets, tokens, keys, meta, g, dim):
     # Every line of the two token rows of bag (g, 0), if feature g is k = k_w = 2.
     if _is_k2(meta, g):
-        toff = meta[g, TOKEN_OFFSET]
-        m = np.uint64(meta[g, ROWS]) & MASK32
-        ts = meta[g, TOKEN_SEED]
-        x = values[offsets[g, 0]]
-        h0 = toff + _key_bucket(x, keys, ts, m)
-        h1 = toff + _key_bucket(x, keys, ts + 1, m)
-        for d in range(0, dim, line_items(tokens)):
-            prefetch(tokens, h0, d)
-            prefetch(tokens, h1, d)
+        _prefetch_k2_rows(tokens, keys, _k2_params(meta, g), values[offsets[g, 0]], dim)
 
 
 @numba.njit(inline="always", **JIT)
@@ -592,13 +595,9 @@ def _prefetch_direct(values, offsets, tokens, keys, meta, nb):
     # line, or the first two, was 10% slower than leaving them to the hardware prefetcher.
     for f in range(meta.shape[0]):
         if _is_k2(meta, f):
-            toff = meta[f, TOKEN_OFFSET]
-            m = np.uint64(meta[f, ROWS]) & MASK32
-            ts = meta[f, TOKEN_SEED]
+            params = _k2_params(meta, f)
             for p in range(offsets[f, 0], offsets[f, nb]):
-                x = values[p]
-                prefetch(tokens, toff + _key_bucket(x, keys, ts, m), 0)
-                prefetch(tokens, toff + _key_bucket(x, keys, ts + 1, m), 0)
+                _prefetch_k2_rows(tokens, keys, params, values[p], 1)  # the first line
 
 
 @numba.njit(inline="always", **JIT)
