@@ -173,11 +173,12 @@ def make_bags(
 
 # A configuration is timed over a rotation of distinct batches, as a served model sees new ids in
 # every request: one batch timed over and over finds the full tables' rows in cache from its
-# second call on, which no table of 100s of GB allows (D=16, B=1024 zipf, 2 threads, Zen 4: our
-# full-table kernel took 59 us a call on one batch repeated, 105 us on fresh batches; torch's
-# fused bag 169 and 249 us). A rotation's full-table rows add up to ROTATION_CACHES times the
-# last-level cache, in 2 to MAX_ROTATION batches (16384 one-id batches of 26 ids cover 27 MB at
-# D=16, less than 4 caches: the cap keeps set-up within seconds).
+# second call on, which no table of 100s of GB allows (D=16, B=1024 zipf, 2 threads, Zen 4, two
+# runs of embedding_stage.py before and after: our full-table kernel took 59 us a call on one
+# batch repeated, 105 us on fresh batches; torch's fused bag 169 and 249 us). A rotation's
+# full-table rows add up to ROTATION_CACHES times the last-level cache, in 2 to MAX_ROTATION
+# batches (16384 one-id batches of 26 ids cover 27 MB at D=16, less than 4 caches: the cap
+# keeps set-up within seconds).
 ROTATION_CACHES = 4
 MAX_ROTATION = 16384
 
