@@ -22,8 +22,8 @@ from ._config import JIT
 from ._intrinsics import (
     LINE,
     address_as_pointer,
-    bag_rows2_weighted,
-    bag_rows_weighted,
+    bag_rows2_write,
+    bag_rows_weighted_write,
     data_address,
     line_items,
     prefetch,
@@ -316,7 +316,7 @@ def _one_hot(offsets, f, b0, b1):
 def _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim, stream):
     # Bags of one id each: z(x) straight into its output row, rows of the id ``prefetch_ahead``
     # positions on requested now (the scratch is padded with valid rows past ``n``).
-    # ``stream``: write the rows with streaming stores (k <= 4; see ``lookup_kernels``).
+    # ``stream``: write the rows with streaming stores (see ``lookup_kernels``).
     nf = meta.shape[0]
     ahead = prefetch_ahead(dim, line_items(tokens))
     if meta[f, KIND] == KIND_FULL:
@@ -362,7 +362,7 @@ def _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim, stream):
             for j in range(k):
                 for d in range(0, dim, line_items(tokens)):
                     prefetch(tokens, hb[j, i + ahead], d)
-            _pool_general(tokens, k, sel, i, i + 1, hb, ab, out, (b0 + i) * nf + f, dim)
+            _pool_general(tokens, k, sel, i, i + 1, hb, ab, out, (b0 + i) * nf + f, dim, stream)
 
 
 @numba.njit(inline="always", **JIT)
@@ -371,8 +371,8 @@ def _pool_bags(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim, stream):
 
     ``out`` is the ``[B * F, D]`` view of the output; bag ``(f, b)`` is its row ``b * F + f``.
     ``dim`` is a compile-time constant in every caller (see :func:`lookup_kernels`). With
-    ``stream``, bags of one id and k <= 4 are written with streaming stores; the others are
-    summed in place through the cache.
+    ``stream``, every bag is written with streaming stores, except mean bags of several ids
+    (divided in place after their sum is written).
     """
     if meta[f, KIND] == KIND_FULL:
         k = 1
@@ -381,6 +381,7 @@ def _pool_bags(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim, stream):
         k = meta[f, K]
         sel = 1 if meta[f, WEIGHT_COLS] != 1 else 0  # scalar weight: alpha_j = alpha_0
     mean = meta[f, MEAN] != 0
+    stream_sums = stream and not mean
     nf = meta.shape[0]
     n = offsets[f, b1] - p0
     ahead = 0  # ids [0, ahead) have had their rows prefetched
@@ -414,23 +415,24 @@ def _pool_bags(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim, stream):
                     hb[2, q0], ab[2 * sel, q0], hb[3, q0], ab[3 * sel, q0], stream,
                 )  # fmt: skip
             else:
-                _pool_general(tokens, k, sel, q0, q1, hb, ab, out, o, dim)
+                _pool_general(tokens, k, sel, q0, q1, hb, ab, out, o, dim, stream)
         else:
-            _pool_general(tokens, k, sel, q0, q1, hb, ab, out, o, dim)  # empty bag: zeros
+            _pool_general(tokens, k, sel, q0, q1, hb, ab, out, o, dim, stream_sums)  # empty: 0s
             if mean and q1 > q0:
                 _divide(out, o, np.float32(q1 - q0), dim)
 
 
 @numba.njit(inline="always", **JIT)
-def _pool_bags_k2(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim):
+def _pool_bags_k2(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim, stream):
     # ``_pool_bags`` for a k = k_w = 2 feature (``_hash_ids_k2`` left both alphas in ``ab``): a
     # plain loop per bag over its ids' prefetches, then its rows summed in registers, unrolled
     # over the two hashes (``bag_rows2_weighted``, the general path's fold, so the same bits).
     # Against ``_pool_bags`` (its per-id loops over k, its prefetch bookkeeping, 16 ids ahead),
     # side by side, bags of 1..10 ids, B = 1024: D = 16 1.24x as fast on 1 thread, 1.32x on 2;
-    # D = 128 1.03x and 1.07x.
+    # D = 128 1.03x and 1.07x. ``stream``: sum bags are streamed too (``_pool_bags``).
     nf = meta.shape[0]
     mean = meta[f, MEAN] != 0
+    stream_sums = stream and not mean
     ahead = multi_hot_ahead(dim, line_items(tokens))
     row = offsets[f, b0 : b1 + 1]  # indexed from 0, see ``scan_offsets``
     q1 = row[0] - p0
@@ -442,15 +444,15 @@ def _pool_bags_k2(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim):
                 prefetch(tokens, hb[0, q + ahead], d)
                 prefetch(tokens, hb[1, q + ahead], d)
         o = (b0 + b) * nf + f
-        bag_rows2_weighted(dim, out, o, tokens, hb, ab, q0, q1)  # an empty bag: zeros
+        bag_rows2_write(dim, out, o, tokens, hb, ab, q0, q1, stream_sums)  # empty bag: zeros
         if mean and q1 > q0:
             _divide(out, o, np.float32(q1 - q0), dim)
 
 
 @numba.njit(inline="always", **JIT)
-def _pool_general(tokens, k, sel, q0, q1, hb, ab, out, o, dim):
+def _pool_general(tokens, k, sel, q0, q1, hb, ab, out, o, dim, stream):
     # Any bag and any k: row by row, in id then hash order, summed in registers.
-    bag_rows_weighted(dim, out, o, tokens, hb, ab, q0, q1, k, sel)
+    bag_rows_weighted_write(dim, out, o, tokens, hb, ab, q0, q1, k, sel, stream)
 
 
 @numba.njit(inline="always", **JIT)
@@ -701,7 +703,7 @@ def _tile(values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, 
         if _one_hot(offsets, f, b0, b1):
             _pool_one_hot(tokens, meta, f, b0, n, hb, ab, out, dim, stream)
         elif _is_k2(meta, f):
-            _pool_bags_k2(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim)
+            _pool_bags_k2(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim, stream)
         else:
             _pool_bags(offsets, tokens, meta, f, b0, b1, p0, hb, ab, out, dim, stream)
 
@@ -962,8 +964,9 @@ def lookup_kernels(dim: int, half: bool = False) -> tuple:
         of every hash function; meta int64 [F, META_COLS]
     out : float32 [B, F, dim], overwritten
 
-    The parallel one spreads tiles of up to ``TILE`` samples over the threads and writes one-id
-    bags (k <= 4) with streaming stores when ``out`` is large and 64-byte aligned.
+    The parallel one spreads tiles of up to ``TILE`` samples over the threads and writes its
+    rows with streaming stores when ``out`` is large and 64-byte aligned (but for mean bags of
+    several ids, divided in place).
 
     They return ``OK``; or, touching nothing, ``BAD_SHAPE`` if ``offsets`` is not ``[F, B + 1]``
     or ``out`` not ``[B, F, dim]`` (``F = meta.shape[0]``); or ``BAD_OFFSETS`` if some

@@ -408,7 +408,7 @@ def store_fence(typingctx):  # noqa: ARG001
 # ------------------------------------------------------------------ whole bags in registers
 
 
-def _bag_codegen(dim: int, context, builder, dptr, rows, half=False):
+def _bag_codegen(dim: int, context, builder, dptr, rows, half=False, stream=False):
     """Emit ``dst = sum over rows of w * src[r]`` with the sum held in registers.
 
     ``rows(emit)`` emits the loops over the bag and calls ``emit(src_row_ptr, weight)`` once per
@@ -417,6 +417,8 @@ def _bag_codegen(dim: int, context, builder, dptr, rows, half=False):
     (whose store-to-load forwarding made long bags latency bound). Sums start from zero, so an
     empty bag gives zeros and the first row is ``w * r`` exactly: the same fold as ``_row_op``.
     ``half``: the source rows are half rows, widened as they are loaded (``_load_f32``).
+    ``stream``: the sum is written with streaming stores (on ``_row_op``'s terms: the caller
+    streams only rows that start 64-byte aligned, of whole vectors; a tail is stored cached).
     """
     f32 = _IR.FloatType()
     vecty = _IR.VectorType(f32, _VEC)
@@ -447,7 +449,12 @@ def _bag_codegen(dim: int, context, builder, dptr, rows, half=False):
 
     rows(emit)
     for c in range(nvec):
-        builder.store(builder.load(accs[c], typ=vecty), chunk(dptr, c * _VEC, _VEC), align=4)
+        acc = builder.load(accs[c], typ=vecty)
+        if stream:
+            store = builder.store(acc, chunk(dptr, c * _VEC, _VEC), align=4 * _VEC)
+            store.set_metadata("nontemporal", builder.module.add_metadata([_IR.IntType(32)(1)]))
+        else:
+            builder.store(acc, chunk(dptr, c * _VEC, _VEC), align=4)
     for t in range(tail):
         builder.store(
             builder.load(accs[nvec + t], typ=f32), chunk(dptr, nvec * _VEC + t, 1), align=4
@@ -478,7 +485,7 @@ def _scratch_bag_types(dim, dst, src, hb, ab) -> tuple[int, bool] | None:
     return d, half
 
 
-def _scratch_bag_codegen(d, half, hashes):
+def _scratch_bag_codegen(d, half, hashes, stream=False):
     # Codegen of ``bag_rows_weighted`` (``hashes`` None: k and sel are its last two arguments)
     # and of ``bag_rows2_weighted`` (``hashes == 2``: rows 0 and 1 of hb and ab, unrolled).
     def codegen(context, builder, signature, args):
@@ -510,7 +517,7 @@ def _scratch_bag_codegen(d, half, hashes):
                     for j in range(hashes):
                         one_row(q, const(j), const(j), emit)
 
-        _bag_codegen(d, context, builder, dptr, rows, half)
+        _bag_codegen(d, context, builder, dptr, rows, half, stream)
         return context.get_dummy_value()
 
     return codegen
@@ -525,11 +532,13 @@ def bag_rows_weighted(typingctx, dim, dst, i, src, hb, ab, q0, q1, k, sel):  # n
     ``src`` C-contiguous 2-D arrays of width ``dim``, ``dst`` float32, ``src`` float32 or half
     rows (see ``HALF_BITS``). Nothing is checked.
     """
-    found = _scratch_bag_types(dim, dst, src, hb, ab)
-    if found is None:
-        return None
-    sig = types.void(dim, dst, i, src, hb, ab, q0, q1, k, sel)
-    return sig, _scratch_bag_codegen(*found, hashes=None)
+    return _scratch_bag(dim, dst, src, hb, ab, (i, q0, q1, k, sel), None, False)
+
+
+@intrinsic
+def bag_rows_weighted_stream(typingctx, dim, dst, i, src, hb, ab, q0, q1, k, sel):  # noqa: ARG001
+    """``bag_rows_weighted``, ``dst[i]`` streamed (see ``_row_op``)."""
+    return _scratch_bag(dim, dst, src, hb, ab, (i, q0, q1, k, sel), None, True)
 
 
 @intrinsic
@@ -538,11 +547,42 @@ def bag_rows2_weighted(typingctx, dim, dst, i, src, hb, ab, q0, q1):  # noqa: AR
 
     ``dst[i] = sum_{q in [q0, q1)} (ab[0, q] * src[hb[0, q]] + ab[1, q] * src[hb[1, q]])``.
     """
+    return _scratch_bag(dim, dst, src, hb, ab, (i, q0, q1), 2, False)
+
+
+@intrinsic
+def bag_rows2_stream(typingctx, dim, dst, i, src, hb, ab, q0, q1):  # noqa: ARG001
+    """``bag_rows2_weighted``, ``dst[i]`` streamed (see ``_row_op``)."""
+    return _scratch_bag(dim, dst, src, hb, ab, (i, q0, q1), 2, True)
+
+
+def _scratch_bag(dim, dst, src, hb, ab, rest, hashes, stream):
+    # Signature and code of the intrinsics above: ``rest`` are the types of the arguments
+    # after ``ab``, starting with ``i``, which the signature places after ``dst``.
     found = _scratch_bag_types(dim, dst, src, hb, ab)
     if found is None:
         return None
-    sig = types.void(dim, dst, i, src, hb, ab, q0, q1)
-    return sig, _scratch_bag_codegen(*found, hashes=2)
+    i, *tail = rest
+    sig = types.void(dim, dst, i, src, hb, ab, *tail)
+    return sig, _scratch_bag_codegen(*found, hashes=hashes, stream=stream)
+
+
+@numba.njit(inline="always", **JIT)
+def bag_rows_weighted_write(dim, dst, i, src, hb, ab, q0, q1, k, sel, stream):
+    """``bag_rows_weighted``, streamed if ``stream`` (a loop-invariant flag), else cached."""
+    if stream:
+        bag_rows_weighted_stream(dim, dst, i, src, hb, ab, q0, q1, k, sel)
+    else:
+        bag_rows_weighted(dim, dst, i, src, hb, ab, q0, q1, k, sel)
+
+
+@numba.njit(inline="always", **JIT)
+def bag_rows2_write(dim, dst, i, src, hb, ab, q0, q1, stream):
+    """``bag_rows2_weighted``, streamed if ``stream``, else cached."""
+    if stream:
+        bag_rows2_stream(dim, dst, i, src, hb, ab, q0, q1)
+    else:
+        bag_rows2_weighted(dim, dst, i, src, hb, ab, q0, q1)
 
 
 @intrinsic
@@ -552,6 +592,26 @@ def bag_rows(typingctx, dim, dst, i, src, idx, p0, p1):  # noqa: ARG001
     ``dim`` must be a compile-time constant (a literal int); ``dst`` and ``src`` C-contiguous
     float32 2-D arrays of width ``dim``; ``idx`` a 1-D integer array. Nothing is checked.
     """
+    return _full_bag(dim, dst, i, src, idx, p0, p1, False)
+
+
+@intrinsic
+def bag_rows_stream(typingctx, dim, dst, i, src, idx, p0, p1):  # noqa: ARG001
+    """``bag_rows``, ``dst[i]`` streamed (see ``_row_op``)."""
+    return _full_bag(dim, dst, i, src, idx, p0, p1, True)
+
+
+@numba.njit(inline="always", **JIT)
+def bag_rows_write(dim, dst, i, src, idx, p0, p1, stream):
+    """``bag_rows``, streamed if ``stream`` (a loop-invariant flag), else cached."""
+    if stream:
+        bag_rows_stream(dim, dst, i, src, idx, p0, p1)
+    else:
+        bag_rows(dim, dst, i, src, idx, p0, p1)
+
+
+def _full_bag(dim, dst, i, src, idx, p0, p1, stream):
+    # Signature and code of ``bag_rows`` and ``bag_rows_stream``.
     d = _literal_dim(dim)
     if d is None or not _f32_2d(dst, src):
         return None
@@ -576,7 +636,7 @@ def bag_rows(typingctx, dim, dst, i, src, idx, p0, p1):  # noqa: ARG001
                 r = context.cast(builder, r, tys[4].dtype, intp)
                 emit(_row_ptr(context, builder, tys[3], args[3], r), one)
 
-        _bag_codegen(d, context, builder, dptr, rows)
+        _bag_codegen(d, context, builder, dptr, rows, stream=stream)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -14,7 +14,7 @@ from numba import prange
 from ._alloc import empty_output, streams
 from ._checks import require_array, scan_offsets
 from ._config import JIT
-from ._intrinsics import LINE, bag_rows, prefetch, rows1_write, rows_view, store_fence
+from ._intrinsics import LINE, bag_rows_write, prefetch, rows1_write, rows_view, store_fence
 
 # Below this many bags the thread-pool launch costs more than it saves.
 _SERIAL_MAX_BAGS = 64
@@ -76,7 +76,8 @@ def _rows_bags(indices, offsets, table, mean, b0, b1, out, dim, ahead, stream):
     gathers of a small batch): the tile's offsets are checked before any of them is used, and
     each index before its row is read (here when its row is prefetched, which always happens
     first), so nothing is ever read out of bounds. On an error ``out`` is left partly written.
-    With ``stream``, one-row bags are written with streaming stores (see ``_alloc``).
+    With ``stream``, bags are written with streaming stores (see ``_alloc``), except mean bags
+    of several rows (divided in place after their sum is written).
     """
     valid, one_hot = scan_offsets(offsets[b0 : b1 + 1], indices.shape[0])
     if not valid:
@@ -108,7 +109,8 @@ def _rows_bags(indices, offsets, table, mean, b0, b1, out, dim, ahead, stream):
         if p1 - p0 == 1:
             rows1_write(dim, out, o, table, indices[p0], one, stream)
         else:
-            bag_rows(dim, out, o, table, indices, p0, p1)  # in registers; empty bag: zeros
+            # Summed in registers; an empty bag: zeros.
+            bag_rows_write(dim, out, o, table, indices, p0, p1, stream and not mean)
             if mean and p1 > p0:
                 nf = np.float32(p1 - p0)
                 for d in range(dim):

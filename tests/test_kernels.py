@@ -545,7 +545,8 @@ def misaligned(shape):
 @pytest.mark.parametrize("aligned", [True, False])
 def test_streamed_outputs_match_the_reference(always_stream, dim, one_hot, aligned):
     # Streaming only when rows start on cache lines (aligned out, D a multiple of 16), and the
-    # result is the same either way; k = 1..5, full tables, one-id and longer bags.
+    # result is the same either way, to the bit; k = 1..5, full tables, one-id and longer bags,
+    # sum and mean pooling.
     rng = np.random.default_rng(30 + dim)
     tokens, weights, vocab = tables(rng, dim=dim)
     features = every_k_features(rng)
@@ -555,7 +556,11 @@ def test_streamed_outputs_match_the_reference(always_stream, dim, one_hot, align
     out = plan.empty_output(nb) if aligned else misaligned((nb, nf, dim))
     assert _alloc.streams(out, dim * 4) == (aligned and dim % 16 == 0)
     out[:] = np.nan
-    check(features, tokens, weights, vocab, values, offsets, True, out=out)
+    got = check(features, tokens, weights, vocab, values, offsets, True, out=out)
+    cached = misaligned((nb, nf, dim))
+    assert not _alloc.streams(cached, dim * 4)
+    make_plan(features, tokens, weights, vocab).lookup(values, offsets, out=cached, parallel=True)
+    np.testing.assert_array_equal(got, cached)
 
 
 def test_empty_aligned_starts_on_a_cache_line():
@@ -626,17 +631,22 @@ def test_full_bag_rows_one_hot_tiles_match_numpy(parallel, dim):
 
 
 @pytest.mark.parametrize("aligned", [True, False])
-def test_full_bag_rows_streamed_matches_numpy(always_stream, aligned):
+@pytest.mark.parametrize("mean", [False, True])
+def test_full_bag_rows_streamed_matches_numpy(always_stream, aligned, mean):
+    # Bags of 0..3 rows, streamed only into an aligned output; the same bits either way.
     rng = np.random.default_rng(11)
     table = rng.standard_normal((50, 16)).astype(np.float32)
-    lengths = rng.integers(0, 3, size=1000)
+    lengths = rng.integers(0, 4, size=1000)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     indices = rng.integers(0, 50, size=int(offsets[-1])).astype(np.int64)
     out = _alloc.empty_aligned((1000, 16)) if aligned else misaligned((1000, 16))
     assert _alloc.streams(out, 16 * 4) == aligned
-    got = full_bag_rows(indices, offsets, table, out=out, parallel=True)
-    want = np.stack([table[indices[offsets[b] : offsets[b + 1]]].sum(axis=0) for b in range(1000)])
+    got = full_bag_rows(indices, offsets, table, out=out, mean=mean, parallel=True)
+    sums = [table[indices[offsets[b] : offsets[b + 1]]].sum(axis=0) for b in range(1000)]
+    want = np.stack([s / max(1, n) if mean else s for s, n in zip(sums, lengths, strict=True)])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    cached = full_bag_rows(indices, offsets, table, out=misaligned((1000, 16)), mean=mean)
+    np.testing.assert_array_equal(got, cached)
 
 
 def test_full_bag_rows_rejects_bad_input():
