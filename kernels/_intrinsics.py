@@ -124,6 +124,20 @@ def rows_view(a, dim):
     return numba.carray(address_as_pointer(data_address(a), a.dtype), (a.shape[0], dim))
 
 
+@numba.njit(inline="always", **JIT)
+def borrowed(a):
+    """``a`` viewed again, without a reference count (``a`` must outlive the view).
+
+    Numba counts references to an array that it allocated or received from Python: each array
+    handed to an inlined helper, each slice of it, is an atomic increment and a decrement, calls
+    to ``NRT_incref``/``NRT_decref`` that LLVM cannot remove across loops. A locked instruction
+    also waits for the loads and stores before it, so in a loop over features it stalls each
+    feature's row loads behind the previous feature's. A view of the raw data has no count and
+    costs nothing of that. Read-only arrays come back writable: for reading only.
+    """
+    return numba.carray(address_as_pointer(data_address(a), a.dtype), a.shape)
+
+
 # Vector width of the row updates: 16 float32 = one 64-byte cache line, one AVX-512 register.
 _VEC = 16
 LINE = 16  # float32 elements per 64-byte cache line: one prefetch per line of a row
