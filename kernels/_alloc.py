@@ -30,9 +30,9 @@ LINE_BYTES = 64
 # cached at D=16, 13 MiB at D=128 1.35-2.3x), and a Zen 3 VM by size, as here.
 # Every bag is streamed, summed ones too (their rows are added in registers, then stored once),
 # but for mean bags of several ids (divided in place). Multi-hot (1..10 ids), side by side with
-# summed bags written through the cache, Zen 4 VM: MEM-REC k = 2 D=16 1.10-1.26x as fast
-# (B = 4096, 16384; 1 and 2 threads), D=128 1.27-1.5x (B = 1024, 4096); k = 3 1.16-1.27x; the
-# full-table kernel D=128 1.08-1.15x, D=16 0.96-1.04x (its DRAM reads dominate).
+# summed bags written through the cache, Zen 4 VM: MEM-REC k = 2 D=16 1.07-1.27x as fast
+# (B = 4096, 16384; 1 and 2 threads), D=128 1.27-1.5x (B = 1024, 4096); k = 3 D=16 0.96-1.04x,
+# D=128 1.29x; the full-table kernel D=128 1.08-1.15x, D=16 0.96-1.04x (its DRAM reads dominate).
 STREAM_MIN_BYTES = 6 << 20  # rows of one cache line (the smallest threshold)
 STREAM_MIN_BYTES_LONG_ROWS = 8 << 20  # rows of several lines
 

@@ -581,24 +581,6 @@ def _scratch_bag(dim, dst, src, hb, ab, rest, hashes, stream):
     return sig, _scratch_bag_codegen(*found, hashes=hashes, stream=stream)
 
 
-@numba.njit(inline="always", **JIT)
-def bag_rows_weighted_write(dim, dst, i, src, hb, ab, q0, q1, k, sel, stream):
-    """``bag_rows_weighted``, streamed if ``stream`` (a loop-invariant flag), else cached."""
-    if stream:
-        bag_rows_weighted_stream(dim, dst, i, src, hb, ab, q0, q1, k, sel)
-    else:
-        bag_rows_weighted(dim, dst, i, src, hb, ab, q0, q1, k, sel)
-
-
-@numba.njit(inline="always", **JIT)
-def bag_rows2_write(dim, dst, i, src, hb, ab, q0, q1, stream):
-    """``bag_rows2_weighted``, streamed if ``stream``, else cached."""
-    if stream:
-        bag_rows2_stream(dim, dst, i, src, hb, ab, q0, q1)
-    else:
-        bag_rows2_weighted(dim, dst, i, src, hb, ab, q0, q1)
-
-
 @intrinsic
 def bag_rows(typingctx, dim, dst, i, src, idx, p0, p1):  # noqa: ARG001
     """``dst[i] = sum_{p in [p0, p1)} src[idx[p]]``, in that order (a full-table bag).
@@ -613,15 +595,6 @@ def bag_rows(typingctx, dim, dst, i, src, idx, p0, p1):  # noqa: ARG001
 def bag_rows_stream(typingctx, dim, dst, i, src, idx, p0, p1):  # noqa: ARG001
     """``bag_rows``, ``dst[i]`` streamed (see ``_row_op``)."""
     return _full_bag(dim, dst, i, src, idx, p0, p1, True)
-
-
-@numba.njit(inline="always", **JIT)
-def bag_rows_write(dim, dst, i, src, idx, p0, p1, stream):
-    """``bag_rows``, streamed if ``stream`` (a loop-invariant flag), else cached."""
-    if stream:
-        bag_rows_stream(dim, dst, i, src, idx, p0, p1)
-    else:
-        bag_rows(dim, dst, i, src, idx, p0, p1)
 
 
 def _full_bag(dim, dst, i, src, idx, p0, p1, stream):

@@ -14,7 +14,15 @@ from numba import prange
 from ._alloc import empty_output, streams
 from ._checks import require_array, scan_offsets
 from ._config import JIT
-from ._intrinsics import LINE, bag_rows_write, prefetch, rows1_write, rows_view, store_fence
+from ._intrinsics import (
+    LINE,
+    bag_rows,
+    bag_rows_stream,
+    prefetch,
+    rows1_write,
+    rows_view,
+    store_fence,
+)
 
 # Below this many bags the thread-pool launch costs more than it saves.
 _SERIAL_MAX_BAGS = 64
@@ -109,8 +117,12 @@ def _rows_bags(indices, offsets, table, mean, b0, b1, out, dim, ahead, stream):
         if p1 - p0 == 1:
             rows1_write(dim, out, o, table, indices[p0], one, stream)
         else:
-            # Summed in registers; an empty bag: zeros.
-            bag_rows_write(dim, out, o, table, indices, p0, p1, stream and not mean)
+            # Summed in registers; an empty bag: zeros. (The intrinsics called here, not through
+            # a helper: see ``_bag_kernels._pool_bags_k2``.)
+            if stream and not mean:
+                bag_rows_stream(dim, out, o, table, indices, p0, p1)
+            else:
+                bag_rows(dim, out, o, table, indices, p0, p1)
             if mean and p1 > p0:
                 nf = np.float32(p1 - p0)
                 for d in range(dim):
