@@ -19,7 +19,7 @@ with it filled (warm), and reports how long it took to score its first batch.
 
 Usage::
 
-    .venv/bin/python bench/end_to_end.py            # ~5-7 min
+    .venv/bin/python bench/end_to_end.py            # ~3-7 min
     .venv/bin/python bench/end_to_end.py --quick    # ~1 min (B in {1, 1024})
 """
 
