@@ -130,10 +130,9 @@ def borrowed(a):
 
     Numba counts references to an array that it allocated or received from Python: each array
     handed to an inlined helper, each slice of it, is an atomic increment and a decrement, calls
-    to ``NRT_incref``/``NRT_decref`` that LLVM cannot remove across loops. A locked instruction
-    also waits for the loads and stores before it, so in a loop over features it stalls each
-    feature's row loads behind the previous feature's. A view of the raw data has no count and
-    costs nothing of that. Read-only arrays come back writable: for reading only.
+    to ``NRT_incref``/``NRT_decref`` that LLVM cannot remove across loops (and a locked
+    instruction orders the loads and stores around it). A view of the raw data has no count:
+    none of that. Read-only arrays come back writable: for reading only.
     """
     return numba.carray(address_as_pointer(data_address(a), a.dtype), a.shape)
 
