@@ -194,8 +194,8 @@ def startup_times(model_dir: Path, runs: int) -> dict:
 
 
 def rotation_lengths(rows: list[dict]) -> str:
-    """``B=1: 16384, ...``: the rotation length of every batch size (rows of older runs: "?")."""
-    lengths = {r["batch"]: r.get("rotation", "?") for r in rows}
+    """``B=1: 16384, ...``: the rotation length of every batch size."""
+    lengths = {r["batch"]: r["rotation"] for r in rows}
     return ", ".join(f"B={b}: {n}" for b, n in lengths.items())
 
 

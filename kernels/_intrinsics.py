@@ -132,7 +132,8 @@ def borrowed(a):
     handed to an inlined helper, each slice of it, is an atomic increment and a decrement, calls
     to ``NRT_incref``/``NRT_decref`` that LLVM cannot remove across loops (and a locked
     instruction orders the loads and stores around it). A view of the raw data has no count:
-    none of that. Read-only arrays come back writable: for reading only.
+    none of that. Read-only arrays come back writable: for reading only. (``rows_view`` is the
+    same view with a constant row length.)
     """
     return numba.carray(address_as_pointer(data_address(a), a.dtype), a.shape)
 
@@ -545,13 +546,13 @@ def bag_rows_weighted(typingctx, dim, dst, i, src, hb, ab, q0, q1, k, sel):  # n
     ``src`` C-contiguous 2-D arrays of width ``dim``, ``dst`` float32, ``src`` float32 or half
     rows (see ``HALF_BITS``). Nothing is checked.
     """
-    return _scratch_bag(dim, dst, src, hb, ab, (i, q0, q1, k, sel), None, False)
+    return _scratch_bag(dim, dst, i, src, hb, ab, (q0, q1, k, sel), None, False)
 
 
 @intrinsic
 def bag_rows_weighted_stream(typingctx, dim, dst, i, src, hb, ab, q0, q1, k, sel):  # noqa: ARG001
     """``bag_rows_weighted``, ``dst[i]`` streamed (see ``_row_op``)."""
-    return _scratch_bag(dim, dst, src, hb, ab, (i, q0, q1, k, sel), None, True)
+    return _scratch_bag(dim, dst, i, src, hb, ab, (q0, q1, k, sel), None, True)
 
 
 @intrinsic
@@ -560,22 +561,21 @@ def bag_rows2_weighted(typingctx, dim, dst, i, src, hb, ab, q0, q1):  # noqa: AR
 
     ``dst[i] = sum_{q in [q0, q1)} (ab[0, q] * src[hb[0, q]] + ab[1, q] * src[hb[1, q]])``.
     """
-    return _scratch_bag(dim, dst, src, hb, ab, (i, q0, q1), 2, False)
+    return _scratch_bag(dim, dst, i, src, hb, ab, (q0, q1), 2, False)
 
 
 @intrinsic
 def bag_rows2_stream(typingctx, dim, dst, i, src, hb, ab, q0, q1):  # noqa: ARG001
     """``bag_rows2_weighted``, ``dst[i]`` streamed (see ``_row_op``)."""
-    return _scratch_bag(dim, dst, src, hb, ab, (i, q0, q1), 2, True)
+    return _scratch_bag(dim, dst, i, src, hb, ab, (q0, q1), 2, True)
 
 
-def _scratch_bag(dim, dst, src, hb, ab, rest, hashes, stream):
-    # Signature and code of the intrinsics above: ``rest`` are the types of the arguments
-    # after ``ab``, starting with ``i``, which the signature places after ``dst``.
+def _scratch_bag(dim, dst, i, src, hb, ab, tail, hashes, stream):
+    # Signature and code of the intrinsics above; ``tail``: the types of their arguments after
+    # ``ab``.
     found = _scratch_bag_types(dim, dst, src, hb, ab)
     if found is None:
         return None
-    i, *tail = rest
     sig = types.void(dim, dst, i, src, hb, ab, *tail)
     return sig, _scratch_bag_codegen(*found, hashes=hashes, stream=stream)
 

@@ -100,6 +100,7 @@ def _rows_bags(indices, offsets, table, mean, b0, b1, out, dim, ahead, stream):
     row = offsets[b0 : b1 + 1]
     pf = row[0]  # indices [.., pf) have been checked and their rows prefetched
     one = np.float32(1.0)
+    stream_sums = stream and not mean  # mean bags are divided in place
     for b in range(b1 - b0):
         p0 = row[b]
         p1 = row[b + 1]
@@ -119,7 +120,7 @@ def _rows_bags(indices, offsets, table, mean, b0, b1, out, dim, ahead, stream):
         else:
             # Summed in registers; an empty bag: zeros. (The intrinsics called here, not through
             # a helper: see ``_bag_kernels._pool_bags_k2``.)
-            if stream and not mean:
+            if stream_sums:
                 bag_rows_stream(dim, out, o, table, indices, p0, p1)
             else:
                 bag_rows(dim, out, o, table, indices, p0, p1)
