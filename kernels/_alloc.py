@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import mmap
 
+import numba
 import numpy as np
+
+from ._config import JIT
 
 LINE_BYTES = 64
 
@@ -63,17 +66,22 @@ def line_aligned(arr: np.ndarray) -> bool:
     return arr.__array_interface__["data"][0] % LINE_BYTES == 0
 
 
-def streams(out: np.ndarray, row_bytes: int) -> bool:
-    """Whether a kernel writing rows of ``row_bytes`` into ``out`` should stream its stores.
+@numba.njit(inline="always", **JIT)
+def stream_rule(nbytes, row_bytes, address, min_bytes):
+    """Whether ``nbytes`` of output rows of ``row_bytes``, starting at ``address``, are streamed:
+    at least ``min_bytes`` (``stream_min_bytes``) of rows that all start on a cache line.
 
-    Only for outputs of at least ``stream_min_bytes(row_bytes)`` whose rows all start on a cache
-    line (``out`` aligned, rows a whole number of lines).
+    The one statement of the rule: the lookup kernels call it compiled, :func:`streams` in
+    Python (``py_func``).
     """
-    return (
-        out.nbytes >= stream_min_bytes(row_bytes)
-        and row_bytes % LINE_BYTES == 0
-        and line_aligned(out)
-    )
+    return nbytes >= min_bytes and row_bytes % LINE_BYTES == 0 and address % LINE_BYTES == 0
+
+
+def streams(out: np.ndarray, row_bytes: int) -> bool:
+    """Whether a kernel writing rows of ``row_bytes`` into ``out`` should stream its stores
+    (:func:`stream_rule`)."""
+    address = out.__array_interface__["data"][0]
+    return stream_rule.py_func(out.nbytes, row_bytes, address, stream_min_bytes(row_bytes))
 
 
 # Token tables up to this size are copied into huge pages by ``make_plan(huge_pages=True)``:

@@ -16,7 +16,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._alloc import LINE_BYTES
+from ._alloc import stream_rule
 from ._checks import scan_offsets
 from ._config import JIT
 from ._intrinsics import (
@@ -864,13 +864,9 @@ def _plan_tables(plan, dim, token_type):
 
 @numba.njit(inline="always", **JIT)
 def _streams(plan, out, dim):
-    # Streaming stores for outputs too large to stay in cache (``_alloc.streams``), only where
-    # every row starts on a cache line (else the stores fault).
-    return (
-        out.size * 4 >= plan[H_STREAM_MIN]
-        and (dim * 4) % LINE_BYTES == 0
-        and data_address(out) % LINE_BYTES == 0
-    )
+    # Streaming stores for outputs too large to stay in cache, only where every row starts on a
+    # cache line (else the stores fault): ``_alloc.stream_rule``.
+    return stream_rule(out.size * 4, dim * 4, data_address(out), plan[H_STREAM_MIN])
 
 
 def _make_lookup_kernels(dim: int, half: bool):
