@@ -21,6 +21,7 @@ Usage::
 
     .venv/bin/python bench/end_to_end.py            # ~3-7 min
     .venv/bin/python bench/end_to_end.py --quick    # ~1 min (B in {1, 1024})
+    .venv/bin/python bench/end_to_end.py --out bench/reports/end_to_end-zen3   # another machine
 """
 
 from __future__ import annotations
@@ -316,7 +317,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    """Build, measure, write ``bench/reports/end_to_end{,-quick}.{md,png,json}``."""
+    """Build, measure, write ``bench/reports/end_to_end{,-quick}.{md,png,json}`` (or ``--out``)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--batches", default="1,16,256,1024,4096,16384")
     p.add_argument("--threads", default="1,2")
@@ -328,12 +329,12 @@ def main() -> None:
     p.add_argument("--startup-runs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", type=Path, default=None, help="report path without suffix")
     args = p.parse_args()
     args.batches = [int(x) for x in args.batches.split(",")]
     args.threads = [min(int(x), numba.config.NUMBA_NUM_THREADS) for x in args.threads.split(",")]
     if args.quick:
         args.batches, args.seconds, args.rounds, args.startup_runs = [1, 1024], 0.1, 3, 1
-    name = "end_to_end-quick" if args.quick else "end_to_end"
     info = describe(PACKAGES)
     need = sum(KAGGLE_CARDINALITIES) * (KAGGLE_DIM * 4 * 2 + 8)  # table + its init + vocab
     avail = meminfo_bytes("MemAvailable")
@@ -347,7 +348,7 @@ def main() -> None:
         rows = time_end_to_end(args, model_dir, torch_mem, torch_full)
         del torch_full
         start = startup_times(model_dir, args.startup_runs)
-    out = HERE / "reports" / name
+    out = args.out or HERE / "reports" / ("end_to_end-quick" if args.quick else "end_to_end")
     out.parent.mkdir(parents=True, exist_ok=True)
     md = report(info, args, rows, start, out.with_suffix(".png").name)
     out.with_suffix(".md").write_text(md)
