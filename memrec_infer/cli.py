@@ -8,6 +8,7 @@ or torch import until a command needs it).
 from __future__ import annotations
 
 import importlib
+import signal
 
 import click
 
@@ -40,6 +41,12 @@ class LazyGroup(click.Group):
             formatter.write_dl(list(COMMANDS.items()))
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # As for Ctrl-C: unwind, so that the temporaries of unfinished outputs are removed on the
+    # way out (the default action ends the process on the spot and leaves them behind).
+    raise SystemExit(128 + signum)
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="memrec-infer")
 def main() -> None:
@@ -52,3 +59,4 @@ def main() -> None:
       memrec-infer score model/ data/flights.parquet -o scores.parquet
       memrec-infer bench model/
     """
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)

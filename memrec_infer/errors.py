@@ -30,5 +30,15 @@ class InputDataError(MemrecError):
     """Input data cannot be read or holds values the model cannot take."""
 
 
+class BadValueError(InputDataError):
+    """A value the model cannot take, at ``row`` of the batch being prepared (0-based); a
+    caller that knows where the batch came from names the file and row instead."""
+
+    def __init__(self, row: int, detail: str) -> None:
+        super().__init__(f"row {row:,} of the batch: {detail}")
+        self.row = row
+        self.detail = detail
+
+
 class OutputPathError(MemrecError):
     """An output path cannot be used: it exists (without ``--force``) or its directory does not."""

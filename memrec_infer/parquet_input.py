@@ -140,6 +140,15 @@ def _input_file(fragment: ds.ParquetFileFragment, part_fields: list[pa.Field]) -
         num_rows = fragment.metadata.num_rows
     except (OSError, pa.ArrowException) as exc:
         raise InputDataError(f"{fragment.path}: not a readable Parquet file: {exc}") from exc
+    # Arrow would fill such a column from the directory name, hiding the file's own values.
+    keys = ds.get_partition_keys(fragment.partition_expression)
+    clash = [k for k in keys if k in physical.names]
+    if clash:
+        raise InputDataError(
+            f"{fragment.path}: column {clash[0]!r} is both in the file and in its directory "
+            f"name ({clash[0]}={keys[clash[0]]}); expected it in one place only (rename the "
+            "directory or the column)"
+        )
     fields = list(physical) + [f for f in part_fields if f.name not in physical.names]
     return InputFile(fragment.path, fragment, pa.schema(fields), num_rows)
 

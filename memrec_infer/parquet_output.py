@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
+from collections.abc import Sequence
 from types import TracebackType
 
 import pyarrow as pa
@@ -28,14 +30,14 @@ def _is_our_partitioned_output(path: str) -> bool:
     return all(_PART_RE.fullmatch(n) for n in names)
 
 
-def check_output(output: str, *, partitioned: bool, force: bool) -> str:
-    """Check the output path can be written before any work starts; return it absolute.
+def writable_path(output: str) -> str:
+    """``output`` made absolute, once its directory is known to exist and take new files (any
+    output of the CLI: checked before the work, not after it).
 
     Raises
     ------
     OutputPathError
-        The output's directory does not exist, or the output exists and ``force`` is False, or
-        it exists as something ``force`` must not destroy.
+        The directory does not exist, or a file cannot be created in it.
     """
     path = os.path.abspath(output)
     parent = os.path.dirname(path)
@@ -43,6 +45,25 @@ def check_output(output: str, *, partitioned: bool, force: bool) -> str:
         raise OutputPathError(
             f"{output}: the output directory {parent} does not exist; create it first"
         )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.probe-", dir=parent)
+    except OSError as exc:
+        raise OutputPathError(f"{output}: cannot write in {parent}: {exc.strerror}") from exc
+    os.close(fd)
+    os.remove(probe)
+    return path
+
+
+def check_output(output: str, *, partitioned: bool, force: bool) -> str:
+    """Check the output path can be written before any work starts; return it absolute.
+
+    Raises
+    ------
+    OutputPathError
+        The output's directory does not exist or cannot be written in, or the output exists
+        and ``force`` is False, or it exists as something ``force`` must not destroy.
+    """
+    path = writable_path(output)
     if not os.path.lexists(path):
         return path
     if not force:
@@ -58,6 +79,24 @@ def check_output(output: str, *, partitioned: bool, force: bool) -> str:
                 "--force only replaces a directory of scores written by --partitioned"
             )
     return path
+
+
+def check_not_input(path: str, inputs: Sequence[str]) -> None:
+    """Refuse an output that is one of the input files or a directory above one: replacing it
+    (``force``) would destroy the rows being scored.
+
+    Raises
+    ------
+    OutputPathError
+        ``path`` is, or holds, one of ``inputs`` (symbolic links resolved).
+    """
+    target = os.path.realpath(path)
+    for item in inputs:
+        real = os.path.realpath(item)
+        if real == target or real.startswith(target + os.sep):
+            raise OutputPathError(
+                f"{path}: the output would replace the input {item}; write the scores elsewhere"
+            )
 
 
 class ScoresWriter:
@@ -93,11 +132,19 @@ class ScoresWriter:
         self._committed = False
 
     def __enter__(self) -> ScoresWriter:
-        if self.partitioned:
-            os.mkdir(self.temp)
-        else:
-            self._writer = self._open(self.temp)
+        try:
+            if self.partitioned:
+                os.mkdir(self.temp)
+            else:
+                self._writer = self._open(self.temp)
+        except OSError as exc:
+            raise self._error(exc) from exc
         return self
+
+    def _error(self, exc: OSError) -> OutputPathError:
+        # Disk full, permissions changed under a running job, and the like.
+        reason = exc.strerror or str(exc)
+        return OutputPathError(f"{self.path}: cannot write the scores ({self.temp}): {reason}")
 
     def _open(self, path: str) -> pq.ParquetWriter:
         return pq.ParquetWriter(path, self.schema, write_page_checksum=True)
@@ -111,6 +158,12 @@ class ScoresWriter:
 
     def write(self, table: pa.Table) -> None:
         """Append ``table`` (columns of ``schema``) to the output."""
+        try:
+            self._write(table)
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def _write(self, table: pa.Table) -> None:
         if not self.partitioned:
             self._writer.write_table(table)
             self.rows += table.num_rows
@@ -127,6 +180,12 @@ class ScoresWriter:
 
     def commit(self) -> None:
         """Close the output and move it to its final name, replacing what ``force`` allowed."""
+        try:
+            self._commit()
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def _commit(self) -> None:
         if self.partitioned and self._writer is None:
             # No rows at all: one empty part still carries the schema for readers.
             self._next_part()

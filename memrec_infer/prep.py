@@ -17,6 +17,7 @@ categorical value becomes ``NULL_ID``; a null list is an empty bag; a null insid
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import SchemaMismatchError
+from .errors import BadValueError, SchemaMismatchError
 from .kernels.ids import NULL_ID, cross_ids, string_ids
 
 DENSE_TRANSFORMS = ("identity", "log1p", "standard")
@@ -271,30 +272,53 @@ class FeaturePrep:
     def _dense_matrix(self, columns: _Columns, n: int) -> np.ndarray:
         """float32 [B, n_dense]: columns as float32, nulls/NaN -> fill, then the transforms."""
         dense = np.empty((n, len(self.dense)), dtype=np.float32)
-        for j, d in enumerate(self.dense):
-            arr = columns[d["name"]]
-            if isinstance(arr, np.ndarray):
-                dense[:, j] = arr  # numbers or bools; NaN is null
-                continue
-            t = arr.type
-            if pa.types.is_floating(t) or (arr.null_count == 0 and pa.types.is_integer(t)):
-                # A view (nulls of a float column come back as NaN); the assignment converts
-                # to float32 as a C cast would.
-                dense[:, j] = arr.to_numpy(zero_copy_only=False)
-            else:
-                if pa.types.is_dictionary(t):
-                    arr = arr.dictionary_decode()
-                # safe=False: int64 beyond 2**24 rounds to the nearest float32, as torch would.
-                x = pc.cast(arr, pa.float32(), safe=False)
-                dense[:, j] = x.to_numpy(zero_copy_only=False)
-        nan = np.isnan(dense)
-        if nan.any():
-            np.copyto(dense, np.broadcast_to(self._fill, dense.shape), where=nan)
-        if self._log1p.size:
-            dense[:, self._log1p] = np.log1p(np.maximum(dense[:, self._log1p], np.float32(0)))
-        if self._standard.size:
-            dense[:, self._standard] = (dense[:, self._standard] - self._mean) / self._std
+        # A float64 beyond float32's range becomes inf here, and is reported below.
+        with np.errstate(over="ignore"):
+            for j, d in enumerate(self.dense):
+                arr = columns[d["name"]]
+                if isinstance(arr, np.ndarray):
+                    dense[:, j] = arr  # numbers or bools; NaN is null
+                    continue
+                t = arr.type
+                if pa.types.is_floating(t) or (arr.null_count == 0 and pa.types.is_integer(t)):
+                    # A view (nulls of a float column come back as NaN); the assignment converts
+                    # to float32 as a C cast would.
+                    dense[:, j] = arr.to_numpy(zero_copy_only=False)
+                else:
+                    if pa.types.is_dictionary(t):
+                        arr = arr.dictionary_decode()
+                    # safe=False: int64 beyond 2**24 rounds to the nearest float32, as torch
+                    # would.
+                    x = pc.cast(arr, pa.float32(), safe=False)
+                    dense[:, j] = x.to_numpy(zero_copy_only=False)
+            nan = np.isnan(dense)
+            if nan.any():
+                np.copyto(dense, np.broadcast_to(self._fill, dense.shape), where=nan)
+            if self._log1p.size:
+                dense[:, self._log1p] = np.log1p(np.maximum(dense[:, self._log1p], np.float32(0)))
+            if self._standard.size:
+                dense[:, self._standard] = (dense[:, self._standard] - self._mean) / self._std
+        if not np.isfinite(dense).all():
+            self._raise_not_finite(dense, columns)
         return dense
+
+    def _raise_not_finite(self, dense: np.ndarray, columns: _Columns) -> None:
+        # An infinite input (or one beyond float32's range) would make the row's score NaN.
+        row, j = (int(i) for i in np.argwhere(~np.isfinite(dense))[0])
+        d = self.dense[j]
+        raw = columns[d["name"]][row]
+        value = float(raw.as_py() if isinstance(raw, pa.Scalar) else raw)
+        if not math.isfinite(value):
+            what = f"{value}"
+        elif np.isinf(_as_float32(value)):
+            what = f"{value:g}, beyond float32's range"
+        else:
+            what = f"{value:g}, which its {d['transform']} transform makes {dense[row, j]}"
+        raise BadValueError(
+            row,
+            f"column {d['name']!r} (dense) holds {what}; expected a finite number within "
+            "float32's range (about +-3.4e38), or null",
+        )
 
     def _sparse_feature(
         self,
@@ -318,6 +342,11 @@ class FeaturePrep:
             arr = pc.cast(arr, pa.large_list(arr.type.value_type))
         lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
         return _plain_ids(arr.flatten()), lengths.astype(np.int64, copy=False)
+
+
+def _as_float32(value: float) -> np.float32:
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, which the caller reports
+        return np.float32(value)
 
 
 class _DictColumns:

@@ -24,9 +24,15 @@ from typing import TextIO
 import numpy as np
 import pyarrow as pa
 
-from .errors import InputDataError, MemrecError, SchemaMismatchError
+from .errors import (
+    BadValueError,
+    InputDataError,
+    InvalidModelError,
+    MemrecError,
+    SchemaMismatchError,
+)
 from .parquet_input import InputBatch, InputFile, find_inputs, iter_batches, read_schema
-from .parquet_output import ScoresWriter, check_output
+from .parquet_output import ScoresWriter, check_not_input, check_output
 from .progress import Progress
 from .readahead import readahead
 from .runtime import COMPILING_NOTICE, Model, load
@@ -73,6 +79,14 @@ class _Chunk:
 
     def where(self) -> str:
         return " and ".join(f"rows {a:,}-{b - 1:,} of {path}" for path, a, b in self.segments)
+
+    def locate(self, row: int) -> str:
+        """Where the chunk's ``row`` (0-based) came from: ``"<file>: row <n>"``."""
+        for path, a, b in self.segments:
+            if row < b - a:
+                return f"{path}: row {a + row:,}"
+            row -= b - a
+        raise IndexError(row)
 
 
 def parse_mapping(pairs: Iterable[str]) -> dict[str, str]:
@@ -217,9 +231,13 @@ def score_parquet(
         column are named).
     InputDataError
         An input cannot be read; before scoring where the footer shows it, else during the run
-        with the file and row range.
+        with the file and row range. Or a dense value is infinite (or beyond float32's range):
+        the file, row and column are named.
+    InvalidModelError
+        The model gave a score that is not finite (its tables or graph hold NaN or inf).
     OutputPathError
-        The output exists (without ``force``) or its directory does not.
+        The output exists (without ``force``), its directory does not or cannot be written
+        in, it is one of the inputs, or writing it failed.
     """
     started = time.perf_counter()
     if batch_size < 1:
@@ -246,6 +264,7 @@ def score_parquet(
     source = {c: mapping.get(c, c) for c in model_cols}
 
     files = find_inputs(inputs)
+    check_not_input(out_path, [f.path for f in files])
     schema = _check_files(model, files, source, keep)
     out_schema = pa.schema([schema.field(k) for k in keep] + [(SCORE_COLUMN, pa.float32())])
     total = sum(f.num_rows for f in files)
@@ -280,7 +299,19 @@ def _score_chunk(
     inputs = pa.Table.from_arrays([t.column(i) for i in source.values()], names=list(source))
     try:
         scores = model.predict(inputs)
+    except BadValueError as exc:
+        raise InputDataError(f"{chunk.locate(exc.row)}: {exc.detail}") from exc
     except (MemrecError, pa.ArrowException) as exc:
         raise InputDataError(f"{chunk.where()}: cannot score: {exc}") from exc
     scores = np.asarray(scores, dtype=np.float32)
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        # Prepared inputs are finite (prep checks them), so the model's own numbers are not.
+        name = f"model directory {model.path}" if isinstance(model, Model) else "the model"
+        raise InvalidModelError(
+            f"{name}: {bad.size:,} of the {len(scores):,} scores of "
+            f"{chunk.where()} are not finite (first at {chunk.locate(int(bad[0]))}): its tables "
+            "or dense graph hold NaN or infinite values, or are damaged (`memrec-infer info "
+            "--verify` checks its files against their recorded checksums)"
+        )
     return pa.Table.from_arrays([t.column(k) for k in keep] + [pa.array(scores)], schema=out_schema)

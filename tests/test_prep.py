@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from memrec_infer.errors import SchemaMismatchError
+from memrec_infer.errors import BadValueError, SchemaMismatchError
 from memrec_infer.kernels.ids import NULL_ID, cross_ids, string_id
 from memrec_infer.prep import FeaturePrep
 
@@ -32,6 +34,30 @@ def test_dense_transforms_and_nulls():
     np.testing.assert_allclose(pb.dense[:, 1], [0, 0, 1], atol=1e-6)  # negatives clipped, null -> 0
     np.testing.assert_allclose(pb.dense[:, 2], [1, 0.5, 0])  # null -> fill 2 -> (2-1)/2
     assert pb.values.shape == (0,) and pb.offsets.shape == (0, 4)
+
+
+@pytest.mark.parametrize(
+    ("column", "said"),
+    [
+        (pa.array([1.0, 2.0, float("inf")]), "holds inf;"),
+        (pa.array([1.0, float("-inf"), None]), "holds -inf;"),
+        (pa.array([1.0, 2.0, 1e300], pa.float64()), "holds 1e+300, beyond float32's range;"),
+        (np.array([0.0, 0.0, np.inf]), "holds inf;"),
+    ],
+)
+def test_infinite_dense_values_are_refused_with_their_row(column, said):
+    # Else the row's score would be NaN. (A null or NaN takes the feature's fill instead.)
+    prep = FeaturePrep(DENSE[:1], [])
+    batch = {"a": column} if isinstance(column, np.ndarray) else pa.table({"a": column})
+    with pytest.raises(BadValueError, match=re.escape(f"column 'a' (dense) {said}")) as info:
+        prep(batch)
+    assert info.value.row == (1 if "-inf" in said else 2)
+
+
+def test_a_transform_overflowing_float32_is_refused():
+    prep = FeaturePrep([{**DENSE[2], "std": 1e-30}], [])
+    with pytest.raises(BadValueError, match="3e.38, which its standard transform makes inf"):
+        prep(pa.table({"c": [3e38]}))
 
 
 def test_nan_in_numpy_dense_is_null():

@@ -13,7 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 import score_fixtures
 
-from memrec_infer.errors import InputDataError, MemrecError, SchemaMismatchError
+from memrec_infer.errors import (
+    InputDataError,
+    InvalidModelError,
+    MemrecError,
+    OutputPathError,
+    SchemaMismatchError,
+)
 from memrec_infer.models.checkpoint import load_checkpoint
 from memrec_infer.progress import Progress
 from memrec_infer.readahead import readahead
@@ -256,6 +262,88 @@ def test_output_checks(flights_model, flights_table, tmp_path):
     with pytest.raises(MemrecError, match="other than part-NNNNN.parquet"):
         score_parquet(flights_model, inp, tmp_path / "mine", partitioned=True, force=True)
     assert (tmp_path / "mine" / "notes.txt").exists()
+
+
+def test_force_never_replaces_an_input(flights_model, flights_table, tmp_path):
+    src = tmp_path / "in.parquet"
+    pq.write_table(flights_table.slice(0, 10), src)
+    before = src.read_bytes()
+    with pytest.raises(OutputPathError, match="the output would replace the input"):
+        score_parquet(flights_model, [src], src, force=True)
+    # Nor a directory of inputs named as --partitioned output (the names look like our parts).
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    pq.write_table(flights_table.slice(0, 10), parts / "part-00000.parquet")
+    with pytest.raises(OutputPathError, match="the output would replace the input"):
+        score_parquet(flights_model, [parts], parts, partitioned=True, force=True)
+    assert src.read_bytes() == before and os.listdir(parts) == ["part-00000.parquet"]
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_output_directory_that_takes_no_files_is_refused_up_front(flights_model, tmp_path):
+    # /proc takes no new files, even from root; refused before any input is read.
+    with pytest.raises(OutputPathError, match="cannot write in /proc"):
+        score_parquet(flights_model, [tmp_path / "absent.parquet"], "/proc/scores.parquet")
+
+
+def test_a_failing_write_is_an_output_error_and_leaves_nothing(
+    flights_model, flights_table, tmp_path, monkeypatch
+):
+    pq.write_table(flights_table.slice(0, 100), tmp_path / "in.parquet")
+
+    def disk_full(self, table, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", disk_full)
+    out = tmp_path / "out.parquet"
+    with pytest.raises(OutputPathError, match="out.parquet: cannot write .*No space left"):
+        score_parquet(flights_model, [tmp_path / "in.parquet"], out, batch_size=40)
+    assert not os.path.exists(out) and leftovers(tmp_path) == []
+
+
+def test_an_infinite_dense_value_is_refused_with_its_file_and_row(
+    flights_model, flights_table, tmp_path
+):
+    t = flights_table.slice(0, 20)
+    seats = t.column("seats").to_numpy(zero_copy_only=False).astype(np.float64)
+    seats[13] = np.inf
+    pq.write_table(t.set_column(t.schema.get_field_index("seats"), "seats", pa.array(seats)),
+                   tmp_path / "in.parquet")  # fmt: skip
+    out = tmp_path / "out.parquet"
+    with pytest.raises(
+        InputDataError, match=r"in.parquet: row 13: column 'seats' \(dense\) holds inf"
+    ):
+        score_parquet(flights_model, [tmp_path / "in.parquet"], out, batch_size=8)
+    assert not os.path.exists(out) and leftovers(tmp_path) == []
+
+
+class _NanScores:
+    """A model whose second batch's scores are NaN from its row 3 on (as NaN tables give)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.prep = model.prep
+        self.calls = 0
+
+    def predict(self, batch):
+        self.calls += 1
+        scores = self.model.predict(batch).copy()
+        if self.calls == 2:
+            scores[3:] = np.nan
+        return scores
+
+
+def test_scores_that_are_not_finite_are_an_error_not_an_output(
+    flights_model, flights_table, tmp_path
+):
+    pq.write_table(flights_table.slice(0, 30), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    with pytest.raises(InvalidModelError, match=r"7 of the 10 scores of rows 10-19 .* not finite "
+                       r"\(first at .*in.parquet: row 13\)"):  # fmt: skip
+        score_parquet(_NanScores(flights_model), [tmp_path / "in.parquet"], out, batch_size=10,
+                      keep=[])  # fmt: skip
+    assert not os.path.exists(out) and leftovers(tmp_path) == []
 
 
 def test_partitioned_output_and_force_replaces_parts(flights_model, flights_table, tmp_path):

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -95,6 +100,40 @@ def test_hive_partitioned_dataset(model, flights_model_dir, flights_table, tmp_p
     np.testing.assert_array_equal(got.column("score").to_numpy(), model.predict(expected))
     assert got.column("origin").to_pylist() == expected.column("origin").to_pylist()
     assert got.column("tailnum").to_pylist() == expected.column("tailnum").to_pylist()
+
+
+def test_a_column_both_in_the_files_and_the_directory_names_is_refused(
+    flights_model_dir, flights_table, tmp_path
+):
+    # Arrow would read the directory's value in place of the file's own, silently.
+    (tmp_path / "carrier=ZZ").mkdir()
+    pq.write_table(flights_table.slice(0, 20), tmp_path / "carrier=ZZ" / "a.parquet")
+    out = tmp_path / "out.parquet"
+    result = CliRunner().invoke(main, ["score", str(flights_model_dir), str(tmp_path), "-o",
+                                       str(out), "-q"])  # fmt: skip
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert ("a.parquet: column 'carrier' is both in the file and in its directory name "
+            "(carrier=ZZ)") in result.stderr  # fmt: skip
+    assert not out.exists()
+
+
+def test_sigterm_removes_the_unfinished_output(flights_model_dir, flights_table, tmp_path):
+    # As Ctrl-C does: a scheduler's kill (SIGTERM) leaves neither output nor temporary.
+    big = pa.concat_tables([flights_table] * 4)
+    pq.write_table(big, tmp_path / "in.parquet")
+    out = tmp_path / "out" / "s.parquet"
+    out.parent.mkdir()
+    exe = Path(sys.executable).with_name("memrec-infer")
+    args = ["score", str(flights_model_dir), str(tmp_path / "in.parquet"), "-o", str(out),
+            "--batch-size", "16", "--threads", "1", "-q"]  # fmt: skip
+    proc = subprocess.Popen([str(exe), *args], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300  # the kernels load from the warm-up's cache
+    while not os.listdir(out.parent) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # until it writes rows (the temporary exists)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert os.listdir(out.parent) == []
 
 
 def test_user_mistakes_exit_1_with_a_message_and_no_traceback(flights_model_dir, flights_table,
