@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .errors import InputDataError, MemrecError
+from .errors import InputDataError, MemrecError, OutputPathError
+from .parquet_output import writable_path
 
 STAGES = ("prepare", "embed", "dense", "total")
 DEFAULT_BATCH_SIZES = (1, 64, 1024, 16384)
@@ -425,20 +426,40 @@ def format_table(result: BenchResult) -> str:
     return "\n".join(lines)
 
 
+def check_plot_path(path: str | os.PathLike[str]) -> str:
+    """``path`` (absolute) if :func:`plot` can write a PNG there; checked before measuring.
+
+    Raises
+    ------
+    MemrecError
+        matplotlib is not installed (it is in the ``bench`` extra).
+    OutputPathError
+        ``path`` does not end in ``.png``, or its directory is missing or not writable.
+    """
+    text = os.fspath(path)
+    if not text.lower().endswith(".png"):
+        raise OutputPathError(f"--plot {text}: expected a path ending in .png")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise MemrecError(
+            "--plot needs matplotlib; install it with: pip install 'memrec-infer[bench]'"
+        ) from exc
+    return writable_path(text)
+
+
 def plot(result: BenchResult, path: str | os.PathLike[str]) -> None:
     """Latency (p50) vs batch size per stage, one panel per thread count, to a PNG.
 
     Raises
     ------
     MemrecError
-        matplotlib is not installed (it is in the ``bench`` extra).
+        matplotlib is not installed, the path does not end in ``.png`` or cannot be written
+        (:func:`check_plot_path`).
     """
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise MemrecError(
-            "--plot needs matplotlib; install it with: pip install 'memrec-infer[bench]'"
-        ) from exc
+    path = check_plot_path(path)
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -457,5 +478,9 @@ def plot(result: BenchResult, path: str | os.PathLike[str]) -> None:
         ax.grid(True, which="both", lw=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise OutputPathError(f"--plot {path}: cannot write it: {exc.strerror or exc}") from exc
+    finally:
+        plt.close(fig)

@@ -114,6 +114,35 @@ def test_plot_writes_a_png(flights_model_dir, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [("lat.txt", "expected a path ending in .png"), ("nodir/lat.png", "does not exist")],
+)
+def test_a_plot_path_that_cannot_work_is_refused_before_measuring(
+    flights_model_dir, tmp_path, monkeypatch, name, said
+):
+    def measured(*args, **kwargs):
+        raise AssertionError("measured before the --plot path was checked")
+
+    monkeypatch.setattr("memrec_infer.benchmark.run_benchmark", measured)
+    result = bench(str(flights_model_dir), *FAST, "--plot", str(tmp_path / name), code=1)
+    assert said in result.output and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_results_are_printed_even_if_the_plot_cannot_be_written(
+    flights_model_dir, tmp_path, monkeypatch
+):
+    import matplotlib.figure
+
+    def fails(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", fails)
+    result = bench(str(flights_model_dir), *FAST, "--plot", str(tmp_path / "lat.png"), code=1)
+    assert "total" in result.stdout and "No space left on device" in result.stderr
+
+
 def test_multi_hot_model_and_two_thread_counts(bags_model_dir):
     out = json.loads(
         bench(

@@ -110,11 +110,13 @@ def command(
     the start-up time (process start to the first scored batch). Input rows are generated from
     the model's schema unless --input is given.
     """
-    from ..benchmark import format_table, run_benchmark
+    from ..benchmark import check_plot_path, format_table, run_benchmark
     from ..benchmark import plot as draw
 
     log = None if quiet else (lambda msg: click.echo(msg, err=True))
     try:
+        if plot is not None:
+            plot = check_plot_path(plot)  # before minutes of measuring, not after
         result = run_benchmark(
             model_dir,
             batch_sizes,
@@ -127,11 +129,14 @@ def command(
             seed=seed,
             log=log,
         )
-        if plot is not None:
-            draw(result, plot)
     except MemrecError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=1))
     else:
         click.echo(format_table(result))
+    if plot is not None:  # after the results are out: a failure here loses nothing
+        try:
+            draw(result, plot)
+        except MemrecError as exc:
+            raise click.ClickException(str(exc)) from exc
