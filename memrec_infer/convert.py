@@ -2,7 +2,9 @@
 
 The steps are fixed; a family adapter only maps tensors to a spec:
 
-1. check the output path (an existing non-empty directory needs ``force``);
+1. check the output path: an existing non-empty directory needs ``force``, which replaces only
+   a model directory (manifest.json and model files, nothing else); the output must not hold
+   the checkpoint or the current directory, and its parent must be creatable and writable;
 2. read the checkpoint with the allow-listed reader (no torch, no code from the file);
 3. validate it with its family's adapter (every problem reported at once);
 4. build the spec, check its tables fit the token dtype (float16: ``|x| <= 65504``), build the
@@ -10,11 +12,14 @@ The steps are fixed; a family adapter only maps tensors to a spec:
 5. write into a temporary directory next to the output (tables rounded to float16 on request);
 6. re-open it with ``verify=True`` and run the graph once on a zero batch with ONNX Runtime;
 7. rename it into place (the old directory is removed only after the new one is complete).
+
+Any failure removes the temporary directory and any parent directory convert created.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -27,13 +32,25 @@ from .checkpoint_reader import read_checkpoint
 from .dense_session import open_dense_session
 from .errors import CheckpointError, InvalidModelError, OutputPathError
 from .families import get_family
-from .model_dir import read_model_dir, write_model_dir, writer_versions
+from .model_dir import (
+    DENSE_ONNX,
+    MANIFEST,
+    TOKENS,
+    VOCAB,
+    WEIGHTS,
+    read_model_dir,
+    write_model_dir,
+    writer_versions,
+)
 from .onnx_graph import OPSET, build_dense_graph
 from .token_dtype import DEFAULT_TOKEN_DTYPE, check_token_dtype, check_token_range
 
 __all__ = ["convert", "default_output_dir"]
 
 Log = Callable[[str], None]
+
+# What write_model_dir writes: --force replaces a directory holding these and nothing else.
+_MODEL_FILES = frozenset({MANIFEST, TOKENS, WEIGHTS, VOCAB, DENSE_ONNX})
 
 
 def default_output_dir(checkpoint: str | Path) -> Path:
@@ -48,13 +65,121 @@ def default_output_dir(checkpoint: str | Path) -> Path:
     return checkpoint.with_name(checkpoint.name + ".memrec")
 
 
-def _check_output(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputPathError(f"output {out} exists and is not a directory; choose another -o")
-    if out.is_dir() and any(out.iterdir()) and not force:
+def _check_output(out: str | Path, checkpoint: Path, force: bool) -> Path:
+    """Refuse an output convert must not write or replace, before any work; return it resolved.
+
+    Resolved, so that ``.``, ``..`` and symlinks name the directory they stand for.
+    """
+    try:
+        path = Path(out).resolve()
+        source = checkpoint.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise OutputPathError(f"output {out}: cannot resolve the path: {exc}") from exc
+    try:
+        cwd = Path.cwd()
+    except OSError:
+        cwd = None  # the current directory was deleted: nothing of it to protect
+    if cwd is not None and (path == cwd or path in cwd.parents):
+        where = "is the current directory" if path == cwd else "holds the current directory"
         raise OutputPathError(
-            f"output directory {out} exists and is not empty; pass --force to replace it"
+            f"output directory {path} {where}; convert replaces the output directory as a "
+            "whole, so choose another -o or run it from another directory"
         )
+    if path in source.parents:
+        raise OutputPathError(
+            f"output directory {path} holds the checkpoint {source}, which replacing the "
+            "directory would delete; choose another -o or move the checkpoint out of it"
+        )
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise OutputPathError(f"output {path} exists and is not a directory; choose another -o")
+    if os.path.isdir(path):
+        try:
+            entries = list(path.iterdir())
+        except OSError as exc:
+            raise OutputPathError(
+                f"output directory {path}: cannot list it: {exc.strerror}; choose another -o"
+            ) from exc
+        if entries and not force:
+            raise OutputPathError(
+                f"output directory {path} exists and is not empty; pass --force to replace it"
+            )
+        if entries and (why := _not_a_model_dir(entries)):
+            raise OutputPathError(
+                f"output directory {path} is not a model directory written by convert: {why}; "
+                "--force only replaces a model directory (or an empty one), so choose another "
+                "-o or empty it first"
+            )
+    _check_parent(path)
+    return path
+
+
+def _not_a_model_dir(entries: list[Path]) -> str | None:
+    """Why a directory holding ``entries`` is no model directory --force may replace, or None."""
+    other = sorted(
+        p.name + "/" if p.is_dir() and not p.is_symlink() else p.name
+        for p in entries
+        if p.name not in _MODEL_FILES or (p.is_dir() and not p.is_symlink())
+    )
+    if other:
+        shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+        return f"it holds {shown}, which convert does not write"
+    if MANIFEST not in {p.name for p in entries}:
+        return f"it has no {MANIFEST}"
+    return None
+
+
+def _check_parent(path: Path) -> None:
+    """Refuse early a parent that cannot be made: the nearest existing one is no writable dir.
+
+    Cheap checks only; creating the directories later (:func:`_make_temp`) is the real test.
+    """
+    parent = path.parent
+    while not os.path.lexists(parent):
+        parent = parent.parent
+    if not os.path.isdir(parent):
+        raise OutputPathError(
+            f"output directory {path}: {parent} is not a directory; choose another -o"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(
+            f"output directory {path}: cannot create it in {parent}, which is not writable; "
+            "choose another -o"
+        )
+
+
+def _make_temp(out: Path) -> tuple[Path, list[Path]]:
+    """Create ``out``'s missing parents and a temporary directory beside it.
+
+    Returns the temporary directory and the parents created (outermost first), for
+    :func:`_remove_dirs` on failure. Nothing is left behind when this raises.
+    """
+    missing = []
+    parent = out.parent
+    while not os.path.isdir(parent):
+        missing.append(parent)
+        parent = parent.parent
+    created: list[Path] = []
+    try:
+        for directory in reversed(missing):
+            directory.mkdir()
+            created.append(directory)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent)), created
+    except OSError as exc:
+        _remove_dirs(created)
+        failed = Path(exc.filename) if exc.filename else None
+        what = f"create {failed}" if failed in missing else f"create a directory in {out.parent}"
+        raise OutputPathError(
+            f"output directory {out}: cannot {what}: {exc.strerror or exc}; choose another -o"
+        ) from exc
+
+
+def _remove_dirs(created: list[Path]) -> None:
+    """Remove the parents :func:`_make_temp` created, innermost first, if still empty."""
+    for directory in reversed(created):
+        try:
+            directory.rmdir()
+        except OSError:
+            return  # something else was put there meanwhile: keep it and its parents
 
 
 def _sha256(path: Path) -> str:
@@ -99,7 +224,8 @@ def convert(
     out : str or Path, optional
         The model directory to create; default :func:`default_output_dir`.
     force : bool
-        Replace ``out`` if it exists and is not empty.
+        Replace ``out`` if it exists and is not empty; only a model directory (manifest.json
+        and model files, nothing else) is replaced, anything else is refused.
     log : callable, optional
         Receives one progress line per step.
     token_dtype : {"float32", "float16"}
@@ -110,7 +236,8 @@ def convert(
     Returns
     -------
     dict
-        The written manifest, with ``"path"`` added (the output directory as a string).
+        The written manifest, with ``"path"`` added (the output directory, resolved, as a
+        string).
 
     Raises
     ------
@@ -120,15 +247,18 @@ def convert(
         The checkpoint is unreadable, unsafe, of an unknown family, fails validation (every
         problem listed), or holds a table value that ``token_dtype`` cannot store.
     OutputPathError
-        The output path is taken (and ``force`` is False) or is not a directory.
+        The output path is taken (and ``force`` is False), is not a directory, is a directory
+        ``force`` must not replace (not a model directory; holding the checkpoint or the
+        current directory), or cannot be created or moved into place (the OS's reason given).
     InvalidModelError
         The written directory failed its re-check.
     """
     say = log or (lambda _msg: None)
     check_token_dtype(token_dtype)
     checkpoint = Path(checkpoint)
-    out = Path(out) if out is not None else default_output_dir(checkpoint)
-    _check_output(out, force)
+    out = _check_output(
+        out if out is not None else default_output_dir(checkpoint), checkpoint, force
+    )
 
     say(f"reading {checkpoint}")
     obj = read_checkpoint(checkpoint)
@@ -152,8 +282,7 @@ def convert(
     say("building the dense graph")
     graph = build_dense_graph(spec)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp, created = _make_temp(out)
     try:
         say(f"writing {len(spec.tables)} table(s), {token_dtype} token rows")
         source = {
@@ -169,25 +298,48 @@ def convert(
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_dirs(created)
         raise
     say(f"wrote {out}")
     return {**manifest, "path": str(out)}
 
 
 def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` to ``out``; an old ``out`` is removed only afterwards."""
+    """Move the finished ``tmp`` to ``out``; an old ``out`` is removed only afterwards.
+
+    On failure (an OS error, an interrupt) the old ``out`` is put back and the directory it was
+    moved aside into is removed, so ``out`` is as it was.
+    """
     old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        out.rename(old / out.name)
     try:
+        if os.path.lexists(out):
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            out.rename(old / out.name)
         tmp.rename(out)
-    except OSError:
+    except BaseException as exc:
         if old is not None:
-            (old / out.name).rename(out)
+            _restore(old, out)
+        if isinstance(exc, OSError):
+            raise OutputPathError(
+                f"output directory {out}: cannot move the new model directory into place: "
+                f"{exc.strerror or exc}; {out} is unchanged"
+            ) from exc
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _restore(old: Path, out: Path) -> None:
+    """Put the ``out`` that :func:`_replace` moved into ``old`` back, and remove ``old``."""
+    try:
+        if os.path.lexists(old / out.name):
+            (old / out.name).rename(out)
+        old.rmdir()
+    except OSError as exc:
+        raise OutputPathError(
+            f"output directory {out}: could not put it back after a failed replace: "
+            f"{exc.strerror or exc}; the old directory is at {old / out.name}"
+        ) from exc
 
 
 def _jsonable(value: Any) -> Any:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -14,7 +18,7 @@ from test_onnx_graph import D, make_checkpoint, numpy_forward
 
 from memrec_infer.cli import main
 from memrec_infer.convert import convert, default_output_dir
-from memrec_infer.errors import CheckpointError, OutputPathError
+from memrec_infer.errors import CheckpointError, InvalidModelError, OutputPathError
 from memrec_infer.model_dir import read_model_dir
 
 
@@ -56,14 +60,150 @@ def test_default_output_dir(tmp_path):
 
 def test_existing_output_needs_force(checkpoint, tmp_path):
     out = tmp_path / "model"  # the default output
-    out.mkdir()
-    (out / "keep.txt").write_text("old")
+    convert(checkpoint)
+    before = (out / "manifest.json").read_text()
     with pytest.raises(OutputPathError, match="not empty; pass --force"):
         convert(checkpoint)
-    assert (out / "keep.txt").exists()
+    assert (out / "manifest.json").read_text() == before
+    # A model directory is replaced whole: a stray model file of the old one goes too.
+    (out / "dense.onnx").unlink()
     convert(checkpoint, force=True)
-    assert not (out / "keep.txt").exists()
     read_model_dir(out, verify=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model.pt"]
+
+
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "files,why",
+    [
+        (["m.pt", "notes.txt"], "it holds m.pt, notes.txt, which convert does not write"),
+        (["manifest.json", "tokens.npy", "runs/a.txt"], "it holds runs/, which convert"),
+        (["tokens.npy", "weights.npy"], "it has no manifest.json"),
+    ],
+)
+def test_force_replaces_only_a_model_directory(checkpoint, tmp_path, files, why):
+    out = tmp_path / "precious"
+    for name in files:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("keep me")
+    before = _tree(tmp_path)
+    msg = (
+        rf"output directory {re.escape(str(out))} is not a model directory written by convert: "
+        rf"{re.escape(why)}.*--force only replaces a model directory \(or an empty one\)"
+    )
+    with pytest.raises(OutputPathError, match=msg):
+        convert(checkpoint, out, force=True)
+    result = CliRunner().invoke(main, ["convert", str(checkpoint), "-o", str(out), "--force"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert re.search(f"^Error: {msg}", result.stderr, re.MULTILINE)
+    assert _tree(tmp_path) == before
+    assert all((out / name).read_text() == "keep me" for name in files)
+
+
+def test_force_never_deletes_the_checkpoint(tmp_path):
+    out = tmp_path / "precious"
+    out.mkdir()
+    checkpoint = out / "m.pt"
+    torch.save(make_checkpoint("dot", False), checkpoint)
+    (out / "notes.txt").write_text("keep me")
+    before = _tree(tmp_path)
+    msg = (
+        rf"output directory {re.escape(str(out))} holds the checkpoint "
+        rf"{re.escape(str(checkpoint))}, which replacing the directory would delete"
+    )
+    for force in (True, False):
+        with pytest.raises(OutputPathError, match=msg):
+            convert(checkpoint, out, force=force)
+    # Even where nothing but model files sit beside it, and with the output given relatively.
+    (out / "notes.txt").rename(out / "manifest.json")
+    result = CliRunner().invoke(
+        main, ["convert", str(checkpoint), "-o", str(out / "sub" / ".."), "--force"]
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert re.search(f"^Error: {msg}", result.stderr, re.MULTILINE)
+    assert _tree(tmp_path) == [p.replace("notes.txt", "manifest.json") for p in before]
+
+
+@pytest.mark.parametrize("where", [".", ".."])
+def test_output_holding_the_current_directory_refused(checkpoint, tmp_path, monkeypatch, where):
+    out = tmp_path / "model"
+    convert(checkpoint, out)
+    before = _tree(tmp_path)
+    monkeypatch.chdir(out)
+    target = out if where == "." else tmp_path
+    state = "is" if where == "." else "holds"
+    msg = rf"output directory {re.escape(str(target))} {state} the current directory"
+    with pytest.raises(OutputPathError, match=msg):
+        convert(checkpoint, where, force=True)
+    result = CliRunner().invoke(main, ["convert", str(checkpoint), "-o", where, "--force"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert re.search(f"^Error: {msg}", result.stderr, re.MULTILINE)
+    assert _tree(tmp_path) == before  # no ..old-* directory left behind
+
+
+def _unmakeable_outputs(tmp_path):
+    """Outputs whose directory cannot be made, with the reason the error must give."""
+    (tmp_path / "file.txt").write_text("x")
+    cases = [
+        (tmp_path / "file.txt" / "out", rf"{re.escape(str(tmp_path / 'file.txt'))} is not a dir"),
+        (tmp_path / "file.txt" / "a" / "out", "file.txt is not a directory"),
+    ]
+    if sys.platform.startswith("linux") and os.path.isdir("/proc/self"):
+        # procfs refuses new entries whoever asks, even root: "unwritable" without chmod.
+        cases += [
+            (Path("/proc/memrec-out"), "cannot create a directory in /proc: No such file"),
+            (Path("/proc/memrec-x/out"), "cannot create /proc/memrec-x: No such file"),
+        ]
+    return cases
+
+
+def test_output_that_cannot_be_made_is_a_clear_error(checkpoint, tmp_path):
+    runner = CliRunner()
+    for out, reason in _unmakeable_outputs(tmp_path):
+        before, parent_existed = _tree(tmp_path), os.path.lexists(out.parent)
+        msg = rf"output directory {re.escape(str(out))}: .*{reason}.*; choose another -o"
+        with pytest.raises(OutputPathError, match=msg):
+            convert(checkpoint, out)
+        result = runner.invoke(main, ["convert", str(checkpoint), "-o", str(out)])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert re.search(f"^Error: {msg}", result.stderr, re.MULTILINE), result.stderr
+        assert _tree(tmp_path) == before
+        assert not os.path.lexists(out) and os.path.lexists(out.parent) == parent_existed
+
+
+def test_failure_removes_the_parents_it_made(checkpoint, tmp_path, monkeypatch):
+    def broken(directory):
+        raise InvalidModelError(f"{directory}: broken on purpose")
+
+    monkeypatch.setattr("memrec_infer.convert._smoke_test", broken)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(InvalidModelError, match="broken on purpose"):
+        convert(checkpoint, tmp_path / "runs" / "new" / "deeper" / "out")
+    assert _tree(tmp_path) == ["model.pt", "runs"]
+
+
+def test_failed_rename_keeps_the_old_model(checkpoint, tmp_path, monkeypatch):
+    out = tmp_path / "model"
+    convert(checkpoint, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    rename = Path.rename
+
+    def busy(self, target):
+        if self.name.startswith(".model.tmp-"):
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(self))
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", busy)
+    msg = (
+        rf"output directory {re.escape(str(out))}: cannot move the new model directory into "
+        rf"place: {os.strerror(errno.EBUSY)}; {re.escape(str(out))} is unchanged"
+    )
+    with pytest.raises(OutputPathError, match=msg):
+        convert(checkpoint, out, force=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model.pt"]
 
 

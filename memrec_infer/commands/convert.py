@@ -19,7 +19,12 @@ from ..errors import MemrecError
     help="Model directory to create. Default: next to the checkpoint, named after it "
     "(model.pt -> model/).",
 )
-@click.option("--force", is_flag=True, help="Replace the output directory if it is not empty.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace the output directory if it is not empty. Only a model directory written by "
+    "convert is replaced; any other directory, or one holding the checkpoint, is refused.",
+)
 @click.option(
     "--token-dtype",
     # memrec_infer.token_dtype.TOKEN_DTYPES, spelled out: `convert -h` then imports no numpy.
