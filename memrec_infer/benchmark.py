@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .errors import InputDataError, MemrecError, OutputPathError
+from .errors import InputDataError, MemrecError, OutputPathError, SchemaMismatchError
 from .parquet_output import writable_path
 
 STAGES = ("prepare", "embed", "dense", "total")
@@ -166,15 +166,23 @@ def generated_batch(manifest: dict[str, Any], rows: int, seed: int = 0) -> pa.Ta
 
 
 def file_batches(path: str | os.PathLike[str], columns: Sequence[str], sizes: Sequence[int]):
-    """The first ``B`` rows of a Parquet file for each ``B`` in ``sizes`` (repeated if short)."""
-    import pyarrow.parquet as pq
+    """The first ``B`` rows of a Parquet input for each ``B`` in ``sizes`` (repeated if short).
 
-    try:
-        table = pq.read_table(path, columns=list(columns))
-    except (OSError, pa.ArrowInvalid, KeyError) as exc:
-        raise InputDataError(
-            f"{path}: cannot read the model's columns ({', '.join(columns)}): {exc}"
-        ) from exc
+    Read as ``score`` reads its inputs (a file, directory or glob; the same errors, naming the
+    file and the missing or mistyped column), and only as many rows as the largest ``B``.
+    """
+    from .parquet_input import find_inputs, iter_batches, read_schema
+
+    files = find_inputs([os.fspath(path)])
+    schema = read_schema(files, list(columns))
+    need = max(sizes)
+    parts: list[pa.RecordBatch] = []
+    for ib in iter_batches(files, schema, min(need, 1 << 16)):
+        parts.append(ib.batch)
+        need -= ib.batch.num_rows
+        if need <= 0:
+            break
+    table = pa.Table.from_batches(parts, schema=schema)
     if table.num_rows == 0:
         raise InputDataError(f"{path}: has no rows to benchmark with")
     out = {}
@@ -341,7 +349,7 @@ def run_benchmark(
         models = [model]
         if baseline_dir is not None:
             base = load(baseline_dir, threads=t)
-            _check_same_columns(model, base, baseline_dir)
+            _check_same_columns(model, base, baseline_dir, batches[sizes[0]].schema)
             base.load_kernels(sizes, on_slow=lambda: say(COMPILING_NOTICE))  # its D may differ
             models.append(base)
         for b in sizes:
@@ -354,13 +362,20 @@ def run_benchmark(
     return result
 
 
-def _check_same_columns(model: Any, base: Any, where: Any) -> None:
+def _check_same_columns(model: Any, base: Any, where: Any, schema: pa.Schema) -> None:
+    # The baseline takes the model's input: its column names, and their types in ``schema``.
     missing = [c for c in base.prep.columns if c not in model.prep.columns]
     if missing:
         raise MemrecError(
             f"{where}: the baseline reads column(s) {', '.join(missing)} that the model does "
             "not; a baseline must take the same input columns"
         )
+    try:
+        base.prep.check_schema(schema)
+    except SchemaMismatchError as exc:
+        raise SchemaMismatchError(
+            f"{where}: the baseline cannot take the model's input: {exc}"
+        ) from exc
 
 
 def _machine() -> dict[str, Any]:

@@ -6,6 +6,7 @@ Tiny models (``score_fixtures``), batch sizes 1 and 8, a few calls: seconds, not
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -105,7 +106,21 @@ def test_input_file_missing_columns_is_a_clear_error(flights_model_dir, tmp_path
     path = tmp_path / "bad.parquet"
     pq.write_table(pa.table({"distance": [1.0, 2.0]}), path)
     result = bench(str(flights_model_dir), *FAST, "--input", str(path), code=1)
-    assert "cannot read the model's columns" in result.output
+    assert f"{path}: missing column(s) " in result.output and "carrier" in result.output
+    result = bench(str(flights_model_dir), *FAST, "--input", str(tmp_path / "no.parquet"), code=1)
+    assert "no.parquet: no such file or directory" in result.output
+
+
+def test_baseline_taking_other_column_types_is_named(flights_model_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(flights_model_dir, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    sparse = next(s for s in manifest["sparse"] if s["dtype"] == "string" and not s["multi_hot"])
+    sparse["dtype"] = "int"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    result = bench(str(flights_model_dir), *FAST, "--baseline", str(other), code=1)
+    assert f"{other}: the baseline cannot take the model's input" in result.output
+    assert "expected integers" in result.output and "Traceback" not in result.output
 
 
 def test_plot_writes_a_png(flights_model_dir, tmp_path):
