@@ -8,8 +8,10 @@ Writing streams each table into the stacked ``tokens.npy`` / ``weights.npy`` / `
 
 Reading trusts nothing: supported format version, exact file sizes, sha256 (``verify=True``),
 ``.npy`` header (version, dtype, order, alignment, shape), every table's range inside the stacked
-arrays, and the manifest's description of the ONNX graph (whose file ONNX Runtime checks when it
-opens it: see :mod:`memrec_infer.dense_session`). Any failure raises
+arrays, every manifest field that feature prep, the kernels or ``info`` read later (presence,
+type, allowed values, numbers finite in float32, ``std > 0``), and the manifest's description
+of the ONNX graph (whose file ONNX Runtime checks when it opens it: see
+:mod:`memrec_infer.dense_session`). Any failure raises
 :class:`~memrec_infer.errors.InvalidModelError` naming the file and the check; arrays are
 memory-mapped, so opening copies nothing.
 """
@@ -29,7 +31,16 @@ import numpy as np
 
 from .errors import InvalidModelError
 from .errors import model_file_error as _fail
-from .spec import ModelSpec, table_rows, table_vocab, table_weight
+from .spec import (
+    FEATURE_DTYPES,
+    INTERACTIONS,
+    POOLINGS,
+    TRANSFORMS,
+    ModelSpec,
+    table_rows,
+    table_vocab,
+    table_weight,
+)
 from .token_dtype import (
     DEFAULT_TOKEN_DTYPE,
     TOKEN_DTYPES,
@@ -395,10 +406,61 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _at(where: str) -> str:
+    # A message's prefix naming the entry (``"table 'x': "``); "" for a top-level key.
+    return f"{where}: " if where else ""
+
+
 def _int_field(path: Path, entry: dict, key: str, where: str, low: int = 0) -> int:
     v = entry.get(key)
     if not _is_int(v) or v < low:
-        raise _fail(path, f"{where}: '{key}' must be an int >= {low}, found {v!r}")
+        raise _fail(path, f"{_at(where)}'{key}' must be an int >= {low}, found {v!r}")
+    return v
+
+
+def _seeds_field(path: Path, entry: dict, key: str, where: str) -> np.ndarray:
+    try:
+        return parse_seeds(entry.get(key), f"{where}: {key}")
+    except InvalidModelError as exc:
+        raise _fail(path, str(exc)) from None
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _float32_field(
+    path: Path, entry: dict, key: str, where: str, why: str, positive: bool = False
+) -> None:
+    # Prep computes in float32: a value that is not finite there (1e39 overflows; a std of
+    # 1e-46 becomes 0) would turn every score into NaN or inf without an error.
+    v = entry.get(key)
+    with np.errstate(over="ignore", under="ignore"):
+        x = np.float32(v) if _is_num(v) and abs(v) < 2**128 else np.float32("nan")
+    if not np.isfinite(x) or (positive and not x > 0):
+        found = f"found {v!r}" if key in entry else "it is missing"
+        kind = "a number > 0" if positive else "a number"
+        raise _fail(path, f"{where}: '{key}' must be {kind}, finite as float32 ({why}), {found}")
+
+
+def _entry_where(path: Path, section: str, i: int, entry: Any, seen: set[str]) -> str:
+    """``"dense[0] ('day')"``: where an entry of a list of named entries is, for messages."""
+    name = entry.get("name") if isinstance(entry, dict) else None
+    if not isinstance(name, str) or not name:
+        raise _fail(path, f"{section}[{i}] must be a dict with a non-empty string 'name'")
+    if name in seen:
+        raise _fail(path, f"{section}[{i}]: name {name!r} is used twice in {section!r}")
+    seen.add(name)
+    return f"{section}[{i}] ({name!r})"
+
+
+def _one_of(path: Path, entry: dict, key: str, where: str, allowed: tuple[str, ...]) -> str:
+    v = entry.get(key)
+    if not isinstance(v, str) or v not in allowed:
+        found = f"found {v!r}" if key in entry else "it is missing"
+        raise _fail(
+            path, f"{_at(where)}'{key}' must be one of {', '.join(map(repr, allowed))}, {found}"
+        )
     return v
 
 
@@ -410,11 +472,15 @@ def _table_arrays(
         raise _fail(mpath, "'tables' must be a list")
     out: dict[str, TableArrays] = {}
     for i, t in enumerate(m["tables"]):
-        where = f"tables[{i}]"
-        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
-            raise _fail(mpath, f"{where} must be a dict with a string 'name'")
+        _entry_where(mpath, "tables", i, t, set(out))
         where = f"table {t['name']!r}"
         rows = _int_field(mpath, t, "rows", where, 1)
+        card = t.get("cardinality")
+        if card is not None and not (_is_int(card) and card >= 0):
+            raise _fail(
+                mpath,
+                f"{where}: 'cardinality' must be an int >= 0 or null (unknown), found {card!r}",
+            )
         tok = _int_field(mpath, t, "token_offset", where)
         if tok + rows > tokens.shape[0]:
             raise _fail(
@@ -438,8 +504,8 @@ def _table_arrays(
                     f"file has {weights.shape[0]}",
                 )
             weight = weights[wo : wo + wr * wc].reshape(wr, wc)
-            tseeds = parse_seeds(t.get("token_seeds"), f"{MANIFEST}: {where}: token_seeds")
-            wseeds = parse_seeds(t.get("weight_seeds"), f"{MANIFEST}: {where}: weight_seeds")
+            tseeds = _seeds_field(mpath, t, "token_seeds", where)
+            wseeds = _seeds_field(mpath, t, "weight_seeds", where)
             if tseeds.shape[0] != k or wseeds.shape[0] != k_w:
                 raise _fail(mpath, f"{where}: expected {k} token and {k_w} weight seed rows")
         elif t.get("kind") == "full":
@@ -462,28 +528,59 @@ def _table_arrays(
     return out
 
 
+def _check_dense(path: Path, dense: Any) -> None:
+    if not isinstance(dense, list):
+        raise _fail(path, "'dense' must be a list of {name, transform, fill[, mean, std]}")
+    seen: set[str] = set()
+    for i, d in enumerate(dense):
+        where = _entry_where(path, "dense", i, d, seen)
+        transform = _one_of(path, d, "transform", where, TRANSFORMS)
+        _float32_field(path, d, "fill", where, "what a null becomes")
+        if transform == "standard":
+            _float32_field(path, d, "mean", where, "transform 'standard' subtracts it")
+            _float32_field(path, d, "std", where, "transform 'standard' divides by it", True)
+
+
+def _check_sparse(path: Path, f: dict, where: str) -> None:
+    dtype = _one_of(path, f, "dtype", where, FEATURE_DTYPES)
+    cols = f.get("columns")
+    if not (isinstance(cols, list) and cols and all(isinstance(c, str) and c for c in cols)):
+        found = f"found {cols!r:.60}" if "columns" in f else "it is missing"
+        raise _fail(path, f"{where}: 'columns' must be a non-empty list of column names, {found}")
+    # Prep reads the first column of a one-hot int/string feature and of a bag: extra columns
+    # would be ignored, not scored.
+    if dtype == "cross" and len(cols) < 2:
+        raise _fail(path, f"{where}: a 'cross' feature needs two or more 'columns', found {cols}")
+    if dtype != "cross" and len(cols) != 1:
+        raise _fail(path, f"{where}: dtype {dtype!r} reads exactly one column, found {cols}")
+    multi = f.get("multi_hot")
+    if not isinstance(multi, bool):
+        found = f"found {multi!r}" if "multi_hot" in f else "it is missing"
+        raise _fail(path, f"{where}: 'multi_hot' must be true or false, {found}")
+    if multi and dtype == "cross":
+        raise _fail(path, f"{where}: a 'cross' feature cannot be multi_hot")
+    _one_of(path, f, "pooling", where, POOLINGS)
+
+
 def _check_schema(root: Path, m: dict, tables: dict[str, TableArrays]) -> None:
     mpath = root / MANIFEST
-    if not isinstance(m.get("dense"), list) or not all(
-        isinstance(d, dict) and isinstance(d.get("name"), str) for d in m["dense"]
-    ):
-        raise _fail(mpath, "'dense' must be a list of {name, transform, fill}")
+    _check_dense(mpath, m.get("dense"))
     if not isinstance(m.get("sparse"), list) or not m["sparse"]:
         raise _fail(mpath, "'sparse' must be a non-empty list of features")
+    seen: set[str] = set()
     for i, f in enumerate(m["sparse"]):
-        if not isinstance(f, dict) or f.get("table") not in tables:
-            raise _fail(mpath, f"sparse[{i}] refers to a table not in 'tables'")
-        t = tables[f["table"]]
+        where = _entry_where(mpath, "sparse", i, f, seen)
+        _check_sparse(mpath, f, where)
+        table = f.get("table")
+        if not isinstance(table, str) or table not in tables:
+            raise _fail(mpath, f"{where}: 'table' must name a table in 'tables', found {table!r}")
+        t = tables[table]
         slot = f.get("slot")
-        if (
-            not _is_int(slot)
-            or not 0 <= slot < len(t.features)
-            or t.features[slot] != f.get("name")
-        ):
+        if not _is_int(slot) or not 0 <= slot < len(t.features) or t.features[slot] != f["name"]:
             raise _fail(
                 mpath,
-                f"sparse[{i}] ({f.get('name')!r}): slot {slot!r} does not match "
-                f"table {t.name!r}'s features {list(t.features)}",
+                f"{where}: slot {slot!r} does not match table {t.name!r}'s features "
+                f"{list(t.features)}",
             )
 
 
@@ -495,6 +592,16 @@ def _graph_path(root: Path, m: dict) -> Path:
     if not isinstance(g, dict) or any(g.get(key) != value for key, value in want.items()):
         raise _fail(root / MANIFEST, f"'dense_graph' must hold {want} (and the opset)")
     return root / DENSE_ONNX
+
+
+def _check_header(path: Path, m: dict) -> None:
+    # What ``info`` shows of the model besides features, tables and files.
+    if not isinstance(m.get("family"), str) or not m["family"]:
+        raise _fail(path, f"'family' must be a non-empty string, found {m.get('family')!r}")
+    _int_field(path, m, "family_revision", "", 1)
+    _one_of(path, m, "interaction", "", INTERACTIONS)
+    if not isinstance(m.get("label"), str | None):
+        raise _fail(path, f"'label' must be a string or null, found {m['label']!r}")
 
 
 def read_model_dir(path: str | Path, verify: bool = False) -> ModelDir:
@@ -515,8 +622,10 @@ def read_model_dir(path: str | Path, verify: bool = False) -> ModelDir:
     ------
     InvalidModelError
         Missing directory or file, unsupported ``format_version`` or ``token_dtype``, a size,
-        sha256, header, shape, dtype or range check failed; the message names the file and
-        the check.
+        sha256, header, shape, dtype or range check failed, or a manifest field is missing,
+        mistyped or out of range (a feature's ``columns``, ``dtype``, ``transform``, a
+        non-finite ``fill`` / ``mean``, a ``std`` not > 0, ...); the message names the
+        directory, the file, the entry and field, and what was expected.
     """
     root = Path(path)
     mpath = root / MANIFEST
@@ -531,6 +640,12 @@ def read_model_dir(path: str | Path, verify: bool = False) -> ModelDir:
     if not isinstance(m, dict):
         raise _fail(mpath, "must hold a JSON object")
     version = m.get("format_version")
+    if not _is_int(version):  # not bool: True == 1 in Python, and 1.0 == 1
+        raise _fail(
+            mpath,
+            f"'format_version' must be an integer (supported: "
+            f"{sorted(SUPPORTED_FORMAT_VERSIONS)}), found {version!r}",
+        )
     if version not in SUPPORTED_FORMAT_VERSIONS:
         raise _fail(
             mpath,
@@ -539,7 +654,8 @@ def read_model_dir(path: str | Path, verify: bool = False) -> ModelDir:
         )
     if m.get("hashing") != HASHING:
         raise _fail(mpath, f"hashing must be {HASHING!r}, found {m.get('hashing')!r}")
-    dim = _int_field(mpath, m, "embedding_dim", "manifest", 1)
+    _check_header(mpath, m)
+    dim = _int_field(mpath, m, "embedding_dim", "", 1)
     token_dtype = manifest_token_dtype(m)  # absent: float32, as before the key existed
     if not is_token_dtype(token_dtype):
         raise _fail(

@@ -311,3 +311,113 @@ def test_float16_overflow_refused_before_writing(tmp_path):
     with pytest.raises(ValueError, match=r"token_dtype must be one of 'float32', 'float16'"):
         _write(tmp_path / "other", "half", _spec())
     assert list((tmp_path / "other").iterdir()) == []
+
+
+# ------------------------------------------------------------------- manifest fields checked
+def _set(section, i, **fields):
+    return lambda m: m[section][i].update(fields)
+
+
+def _drop(section, i, key):
+    return lambda m: m[section][i].pop(key)
+
+
+# The fixture's dense: distance (log1p), year (standard), hour (identity); sparse: carrier
+# (string), tailnum (int, multi-hot), carrier*flight (cross); tables: shared, tailnum.
+CARRIER = r"sparse\[0\] \('carrier'\): "
+TAILNUM = r"sparse\[1\] \('tailnum'\): "
+CROSS = r"sparse\[2\] \('carrier\*flight'\): "
+DISTANCE, YEAR, HOUR = (
+    r"dense\[0\] \('distance'\): ",
+    r"dense\[1\] \('year'\): ",
+    r"dense\[2\] \('hour'\): ",
+)
+FINITE = r"must be a number, finite as float32"
+POSITIVE = r"must be a number > 0, finite as float32"
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (_drop("sparse", 0, "columns"), CARRIER + "'columns' must be a non-empty list of "
+         "column names, it is missing$"),
+        (_set("sparse", 0, columns=[]), CARRIER + r"'columns' must be .*, found \[\]$"),
+        (_set("sparse", 0, columns=["carrier", "flight"]), CARRIER + "dtype 'string' reads "
+         "exactly one column"),
+        (_set("sparse", 2, columns=["carrier"]), CROSS + "a 'cross' feature needs two or more"),
+        (_set("sparse", 0, dtype="float"), CARRIER + "'dtype' must be one of 'int', 'string', "
+         "'cross', found 'float'$"),
+        (_set("sparse", 1, multi_hot="yes"), TAILNUM + "'multi_hot' must be true or false"),
+        (_set("sparse", 2, multi_hot=True), CROSS + "a 'cross' feature cannot be multi_hot"),
+        (_set("sparse", 0, pooling="max"), CARRIER + "'pooling' must be one of 'sum', 'mean'"),
+        (_set("sparse", 0, table=["shared"]), CARRIER + "'table' must name a table in 'tables'"),
+        (_drop("dense", 1, "mean"), YEAR + f"'mean' {FINITE} .*, it is missing$"),
+        (_drop("dense", 1, "std"), YEAR + f"'std' {POSITIVE} .*, it is missing$"),
+        (_set("dense", 0, transform="bogus"), DISTANCE + "'transform' must be one of "
+         "'identity', 'log1p', 'standard', found 'bogus'$"),
+        (_set("dense", 0, fill="x"), DISTANCE + rf"'fill' {FINITE} \(what a null becomes\), "
+         "found 'x'$"),
+        (_set("dense", 2, fill=True), HOUR + f"'fill' {FINITE} .*found True$"),
+        (_set("dense", 2, fill=float("inf")), HOUR + f"'fill' {FINITE} .*found inf$"),
+        (_set("dense", 1, std=0), YEAR + rf"'std' {POSITIVE} \(transform 'standard' divides "
+         r"by it\), found 0$"),
+        (_set("dense", 1, std=-7.3), YEAR + rf"'std' {POSITIVE} .*found -7\.3$"),
+        (_set("dense", 1, std=float("nan")), YEAR + f"'std' {POSITIVE} .*found nan$"),
+        (_set("dense", 1, std=1e-46), YEAR + f"'std' {POSITIVE} .*found 1e-46$"),  # 0 as float32
+        (_set("dense", 1, mean=1e39), YEAR + rf"'mean' {FINITE} .*found 1e\+39$"),
+        (_set("dense", 1, name="distance"), r"dense\[1\]: name 'distance' is used twice"),
+        (_set("tables", 0, cardinality="many"), "table 'shared': 'cardinality' must be an int "
+         r">= 0 or null \(unknown\), found 'many'$"),
+        (lambda m: m.update(format_version=True), r"'format_version' must be an integer "
+         r"\(supported: \[1\]\), found True$"),
+        (lambda m: m.update(format_version=1.0), r"'format_version' must be an integer .*1\.0$"),
+        (lambda m: m.update(format_version=[1]), r"'format_version' must be an int.*\[1\]$"),
+        (lambda m: m.pop("family"), "'family' must be a non-empty string, found None$"),
+        (lambda m: m.update(interaction="sum"), "'interaction' must be one of 'dot', 'cat'"),
+        (lambda m: m.update(label=3), "'label' must be a string or null, found 3$"),
+    ],
+)  # fmt: skip
+def test_bad_manifest_field_refused(tmp_path, edit, message):
+    d = tmp_path / "model"
+    _write(d)
+    _edit_manifest(d, edit)
+    prefix = rf"^model directory {re.escape(str(d))}: manifest\.json: "
+    with pytest.raises(InvalidModelError, match=prefix + message):
+        read_model_dir(d)
+
+
+def test_bad_seeds_name_the_model_directory(tmp_path):
+    d = tmp_path / "model"
+    _write(d)
+    _edit_manifest(d, _set("tables", 0, token_seeds=[["0x1"]]))
+    with pytest.raises(
+        InvalidModelError,
+        match=rf"^model directory {re.escape(str(d))}: manifest\.json: table 'shared': "
+        r"token_seeds: expected rows of four '0x' hex strings",
+    ):
+        read_model_dir(d)
+
+
+def test_numbers_written_by_hand_as_ints_load(tmp_path):
+    d = tmp_path / "model"
+    _write(d)
+    _edit_manifest(d, _set("dense", 1, mean=2001, std=7, fill=0))
+    assert read_model_dir(d).manifest["dense"][1]["std"] == 7
+
+
+def test_bad_manifest_field_is_a_cli_error_not_a_traceback(tmp_path):
+    from click.testing import CliRunner
+
+    from memrec_infer.cli import main
+
+    d = tmp_path / "model"
+    _write(d)
+    _edit_manifest(d, _drop("sparse", 0, "columns"))
+    result = CliRunner().invoke(main, ["info", str(d)])
+    assert result.exit_code == 1 and not isinstance(result.exception, KeyError)
+    assert "sparse[0] ('carrier'): 'columns' must be a non-empty list" in result.output
+    # What score and bench open: the same error, before any kernel or graph is loaded.
+    _edit_manifest(d, _set("sparse", 0, columns=["carrier"]))
+    _edit_manifest(d, _set("dense", 1, std=0))  # every score would be NaN
+    with pytest.raises(InvalidModelError, match=r"dense\[1\] \('year'\): 'std' must be"):
+        load(d)
