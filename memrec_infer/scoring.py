@@ -199,6 +199,7 @@ def score_parquet(
     part_rows: int = 1 << 20,
     force: bool = False,
     threads: int | None = None,
+    verify: bool = True,
     progress: bool = False,
     stream: TextIO | None = None,
 ) -> ScoreSummary:
@@ -217,6 +218,9 @@ def score_parquet(
     part_rows : rows per part file when ``partitioned``
     force : overwrite an existing output
     threads : threads for Numba and ONNX Runtime together; only when ``model`` is a path
+    verify : check the model directory's files against their recorded sha256 before scoring
+        (reads every byte once: a corrupted table would give finite, wrong scores); only
+        when ``model`` is a path
     progress : draw a progress bar on ``stream`` (default stderr)
 
     Returns
@@ -244,7 +248,7 @@ def score_parquet(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out_path = check_output(os.fspath(output), partitioned=partitioned, force=force)
     if isinstance(model, str | os.PathLike):
-        model = load(model, threads=threads)
+        model = load(model, threads=threads, verify=verify)
     elif threads is not None:
         raise ValueError("threads is set when loading: pass a model path, or load(threads=)")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import threading
 import time
 
@@ -316,6 +317,25 @@ def test_an_infinite_dense_value_is_refused_with_its_file_and_row(
     ):
         score_parquet(flights_model, [tmp_path / "in.parquet"], out, batch_size=8)
     assert not os.path.exists(out) and leftovers(tmp_path) == []
+
+
+def test_a_damaged_model_file_is_refused_unless_told_not_to_verify(
+    flights_model_dir, flights_table, tmp_path
+):
+    # Same size, other bytes: only the checksum tells (the scores would be finite and wrong).
+    model_dir = tmp_path / "model"
+    shutil.copytree(flights_model_dir, model_dir)
+    tokens = np.load(model_dir / "tokens.npy", mmap_mode="r+")
+    tokens[0] += 1.0
+    tokens.flush()
+    del tokens
+    pq.write_table(flights_table.slice(0, 10), tmp_path / "in.parquet")
+    out = tmp_path / "out.parquet"
+    with pytest.raises(InvalidModelError, match="tokens.npy: sha256 check failed"):
+        score_parquet(model_dir, [tmp_path / "in.parquet"], out)
+    assert not out.exists()
+    score_parquet(model_dir, [tmp_path / "in.parquet"], out, verify=False, threads=1)
+    assert pq.read_table(out).num_rows == 10
 
 
 class _NanScores:

@@ -58,6 +58,12 @@ Examples:
     help="Rows per part file with --partitioned.",
 )
 @click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Check the model's files against their recorded sha256 first (reads every byte once).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary line.")
 def command(
     model_dir: str,
@@ -70,6 +76,7 @@ def command(
     partitioned: bool,
     part_rows: int,
     force: bool,
+    verify: bool,
     quiet: bool,
 ) -> None:
     """Score Parquet INPUTS (files, directories, globs) with the model in MODEL_DIR.
@@ -90,6 +97,7 @@ def command(
             part_rows=part_rows,
             force=force,
             threads=threads,
+            verify=verify,
             progress=not quiet,
         )
     except MemrecError as exc:
