@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -163,7 +164,7 @@ def _make_temp(out: Path) -> tuple[Path, list[Path]]:
         for directory in reversed(missing):
             directory.mkdir()
             created.append(directory)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent)), created
+        return _new_dir(out.parent, f".{out.name}.tmp-"), created
     except OSError as exc:
         _remove_dirs(created)
         failed = Path(exc.filename) if exc.filename else None
@@ -171,6 +172,19 @@ def _make_temp(out: Path) -> tuple[Path, list[Path]]:
         raise OutputPathError(
             f"output directory {out}: cannot {what}: {exc.strerror or exc}; choose another -o"
         ) from exc
+
+
+def _new_dir(parent: Path, prefix: str) -> Path:
+    """A new, uniquely named directory in ``parent``, with the permissions of any directory the
+    user makes (``0o777`` less the umask): ``tempfile.mkdtemp``'s are ``0o700``, and the model
+    directory it becomes would be unreadable to everyone else, a server's user included."""
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir(0o777)
+            return path
+        except FileExistsError:
+            continue
 
 
 def _remove_dirs(created: list[Path]) -> None:
@@ -296,9 +310,14 @@ def convert(
         say("verifying the written directory")
         _smoke_test(tmp)
         _replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         _remove_dirs(created)
+        if isinstance(exc, OSError):  # disk full, a quota, permissions changed meanwhile
+            raise OutputPathError(
+                f"output directory {out}: cannot write the model: {exc.strerror or exc}; "
+                "nothing was written"
+            ) from exc
         raise
     say(f"wrote {out}")
     return {**manifest, "path": str(out)}

@@ -37,6 +37,7 @@ from .spec import (
     POOLINGS,
     TRANSFORMS,
     ModelSpec,
+    float32_finite,
     table_rows,
     table_vocab,
     table_weight,
@@ -425,19 +426,13 @@ def _seeds_field(path: Path, entry: dict, key: str, where: str) -> np.ndarray:
         raise _fail(path, str(exc)) from None
 
 
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
 def _float32_field(
     path: Path, entry: dict, key: str, where: str, why: str, positive: bool = False
 ) -> None:
     # Prep computes in float32: a value that is not finite there (1e39 overflows; a std of
     # 1e-46 becomes 0) would turn every score into NaN or inf without an error.
     v = entry.get(key)
-    with np.errstate(over="ignore", under="ignore"):
-        x = np.float32(v) if _is_num(v) and abs(v) < 2**128 else np.float32("nan")
-    if not np.isfinite(x) or (positive and not x > 0):
+    if not float32_finite(v, positive):
         found = f"found {v!r}" if key in entry else "it is missing"
         kind = "a number > 0" if positive else "a number"
         raise _fail(path, f"{where}: '{key}' must be {kind}, finite as float32 ({why}), {found}")

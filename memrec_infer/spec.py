@@ -42,6 +42,17 @@ INTERACTIONS = ("dot", "cat")
 TABLE_KINDS = ("memrec", "full")
 
 
+def float32_finite(v: Any, positive: bool = False) -> bool:
+    """True for a number (not a bool) that stays finite as float32, and is > 0 there if
+    ``positive``: feature prep computes in float32, where 1e39 overflows and a ``std`` of 1e-46
+    becomes 0, either of which makes every score NaN."""
+    if not isinstance(v, int | float) or isinstance(v, bool) or not abs(v) < 2**128:
+        return False  # (NaN fails the comparison too)
+    with np.errstate(over="ignore", under="ignore"):
+        x = np.float32(v)
+    return bool(np.isfinite(x) and (x > 0 or not positive))
+
+
 def table_rows(table: str) -> str:
     """Canonical name of a table's rows: MEM-REC token rows ``M`` or a full table, [rows, D]."""
     return f"sparse.{table}.token"

@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 
@@ -207,6 +208,28 @@ def test_failed_rename_keeps_the_old_model(checkpoint, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model.pt"]
 
 
+def test_model_directory_is_readable_by_others_as_the_umask_allows(checkpoint, tmp_path):
+    # A server often runs as another user than the one who converted the model.
+    old = os.umask(0o022)
+    try:
+        convert(checkpoint, tmp_path / "model")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755
+
+
+def test_a_failing_write_is_an_output_error_and_leaves_nothing(checkpoint, tmp_path, monkeypatch):
+    import memrec_infer.convert as convert_module
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(convert_module, "write_model_dir", disk_full)
+    with pytest.raises(OutputPathError, match="cannot write the model: No space left on device"):
+        convert(checkpoint, tmp_path / "new" / "model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
 def test_empty_existing_output_is_fine(checkpoint, tmp_path):
     (tmp_path / "out").mkdir()
     convert(checkpoint, tmp_path / "out")
@@ -251,6 +274,8 @@ def test_config_problems_reported(tmp_path):
     cfg["sparse"][0]["pooling"] = "max"
     cfg["tables"][0]["weight_cols"] = 3
     cfg["dense"][1]["std"] = 0.0
+    cfg["dense"][1]["mean"] = float("nan")
+    cfg["dense"][0]["fill"] = 1e39  # inf in float32
     cfg["sparse"][1]["table"] = "nope"
     path = tmp_path / "m.pt"
     torch.save(ckpt, path)
@@ -261,7 +286,9 @@ def test_config_problems_reported(tmp_path):
         "dense_arch's last width must equal embedding_dim=4",
         "pooling must be one of",
         "weight_cols must be 1 or k=2",
-        "std must be a positive number",
+        "std must be a number > 0 and finite in float32 for 'standard', found 0.0",
+        "mean must be a number finite in float32 for 'standard', found nan",
+        "fill must be a number finite in float32, found 1e+39",
         "table 'nope' is not in config.tables",
     ):
         assert part in msg, part

@@ -30,6 +30,7 @@ from ..spec import (
     LayerSpec,
     ModelSpec,
     TableSpec,
+    float32_finite,
     layer_bias,
     layer_weight,
     over_arch_input,
@@ -47,10 +48,6 @@ MAX_HASHED_ROWS = 2**31 - 1
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 # (name, shape, dtype) of one expected tensor; shape entries None when unknown (config broken).
@@ -190,14 +187,21 @@ class MemrecDlrm:
                 c.add(
                     f"{where}.transform must be one of {TRANSFORMS}, found {d.get('transform')!r}"
                 )
-            if not _is_num(d.get("fill", 0.0)):
-                c.add(f"{where}.fill must be a number, found {d.get('fill')!r}")
+            # Finite in float32, as the model directory's reader requires (``float32_finite``).
+            if not float32_finite(d.get("fill", 0.0)):
+                c.add(f"{where}.fill must be a number finite in float32, found {d.get('fill')!r}")
             if d.get("transform") == "standard":
-                if not _is_num(d.get("mean")):
-                    c.add(f"{where}.mean must be a number for 'standard', found {d.get('mean')!r}")
+                if not float32_finite(d.get("mean")):
+                    c.add(
+                        f"{where}.mean must be a number finite in float32 for 'standard', found "
+                        f"{d.get('mean')!r}"
+                    )
                 std = d.get("std")
-                if not (_is_num(std) and std > 0):
-                    c.add(f"{where}.std must be a positive number for 'standard', found {std!r}")
+                if not float32_finite(std, positive=True):
+                    c.add(
+                        f"{where}.std must be a number > 0 and finite in float32 for 'standard', "
+                        f"found {std!r}"
+                    )
         return dense
 
     def _check_tables(self, tables: list[Any], dim: int | None, c: _Checker) -> list[_Expected]:
