@@ -70,8 +70,30 @@ def _dataset(files: list[str], base_dir: str | None) -> ds.FileSystemDataset:
             return ds.dataset(files, format="parquet")
         return ds.dataset(files, format="parquet", partitioning="hive", partition_base_dir=base_dir)
     except (OSError, pa.ArrowException) as exc:
+        dup = _duplicate_column(files)
+        if dup is not None:
+            raise InputDataError(
+                f"{dup[0]}: column {dup[1]!r} appears more than once; expected unique column "
+                "names (rename one of them)"
+            ) from exc
         where = base_dir if base_dir is not None else ", ".join(files)
         raise InputDataError(f"{where}: not a readable Parquet file or dataset: {exc}") from exc
+
+
+def _duplicate_column(files: list[str]) -> tuple[str, str] | None:
+    """The first file with a column name used twice, and that name (Arrow refuses such files
+    without naming either); None if there is none. Read only after a failure."""
+    for path in files:
+        try:
+            names = pq.read_schema(path).names
+        except (OSError, pa.ArrowException):
+            continue
+        seen = set()
+        for name in names:
+            if name in seen:
+                return path, name
+            seen.add(name)
+    return None
 
 
 def _expand(item: str) -> list[tuple[list[str], str | None]]:

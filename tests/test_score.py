@@ -245,6 +245,14 @@ def test_truncated_file_is_refused_up_front(flights_model, flights_table, tmp_pa
         score_parquet(flights_model, [tmp_path / "*.csv"], tmp_path / "out.parquet")
 
 
+def test_a_column_name_used_twice_is_named(flights_model, flights_table, tmp_path):
+    t = flights_table.slice(0, 10)
+    t = pa.Table.from_arrays([*t.columns, t.column("month")], names=[*t.column_names, "month"])
+    pq.write_table(t, tmp_path / "a.parquet")
+    with pytest.raises(InputDataError, match=r"a\.parquet: column 'month' appears more than once"):
+        score_parquet(flights_model, [tmp_path / "a.parquet"], tmp_path / "out.parquet")
+
+
 def test_output_checks(flights_model, flights_table, tmp_path):
     pq.write_table(flights_table.slice(0, 10), tmp_path / "in.parquet")
     inp = [tmp_path / "in.parquet"]
@@ -338,20 +346,28 @@ def test_a_damaged_model_file_is_refused_unless_told_not_to_verify(
     assert pq.read_table(out).num_rows == 10
 
 
-class _NanScores:
-    """A model whose second batch's scores are NaN from its row 3 on (as NaN tables give)."""
+class _SecondBatchGoesWrong:
+    """A model whose second predict call returns ``wrong(scores)`` (or raises in it)."""
 
-    def __init__(self, model):
+    def __init__(self, model, wrong):
         self.model = model
         self.prep = model.prep
+        self.wrong = wrong
         self.calls = 0
 
     def predict(self, batch):
         self.calls += 1
-        scores = self.model.predict(batch).copy()
-        if self.calls == 2:
-            scores[3:] = np.nan
-        return scores
+        scores = self.model.predict(batch)
+        return self.wrong(scores.copy()) if self.calls == 2 else scores
+
+
+def _interrupt(scores):
+    raise KeyboardInterrupt  # as Ctrl-C would
+
+
+def _nan_from_row_3(scores):
+    scores[3:] = np.nan  # as NaN tables would give
+    return scores
 
 
 def test_scores_that_are_not_finite_are_an_error_not_an_output(
@@ -361,8 +377,8 @@ def test_scores_that_are_not_finite_are_an_error_not_an_output(
     out = tmp_path / "out.parquet"
     with pytest.raises(InvalidModelError, match=r"7 of the 10 scores of rows 10-19 .* not finite "
                        r"\(first at .*in.parquet: row 13\)"):  # fmt: skip
-        score_parquet(_NanScores(flights_model), [tmp_path / "in.parquet"], out, batch_size=10,
-                      keep=[])  # fmt: skip
+        model = _SecondBatchGoesWrong(flights_model, _nan_from_row_3)
+        score_parquet(model, [tmp_path / "in.parquet"], out, batch_size=10)
     assert not os.path.exists(out) and leftovers(tmp_path) == []
 
 
@@ -380,24 +396,9 @@ def test_partitioned_output_and_force_replaces_parts(flights_model, flights_tabl
     assert os.listdir(out) == ["part-00000.parquet"] and leftovers(tmp_path) == []
 
 
-class _Interrupting:
-    """A model whose second predict call is interrupted, as Ctrl-C would."""
-
-    def __init__(self, model):
-        self.model = model
-        self.prep = model.prep
-        self.calls = 0
-
-    def predict(self, batch):
-        self.calls += 1
-        if self.calls == 2:
-            raise KeyboardInterrupt
-        return self.model.predict(batch)
-
-
 def test_interrupted_run_leaves_no_output(flights_model, flights_table, tmp_path):
     pq.write_table(flights_table.slice(0, 1000), tmp_path / "in.parquet")
-    model = _Interrupting(flights_model)
+    model = _SecondBatchGoesWrong(flights_model, _interrupt)
     threads_before = threading.active_count()
     with pytest.raises(KeyboardInterrupt):
         score_parquet(model, [tmp_path / "in.parquet"], tmp_path / "out.parquet", batch_size=100)
