@@ -294,13 +294,16 @@ def run_benchmark(
     InputDataError, SchemaMismatchError
         The input file cannot feed the model.
     """
+    import numba
+
     from .runtime import COMPILING_NOTICE, load
 
     sizes = sorted({int(b) for b in batch_sizes})
     if not sizes or sizes[0] < 1:
         raise MemrecError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
-    cores = os.cpu_count() or 1
-    thread_counts = list(dict.fromkeys(threads or sorted({1, cores})))
+    # Labelled as run: a model takes at most Numba's pool of threads (the cores by default).
+    pool = numba.config.NUMBA_NUM_THREADS
+    thread_counts = list(dict.fromkeys(min(t, pool) for t in threads or sorted({1, pool})))
     say = log or (lambda _msg: None)
 
     # Start-up first: the smallest batch is scored as soon as the model is loaded.

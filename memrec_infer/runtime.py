@@ -72,8 +72,11 @@ class Model:
     def __init__(self, model_dir: ModelDir, threads: int | None = None) -> None:
         self.path = Path(model_dir.path)
         self.manifest: dict[str, Any] = model_dir.manifest
-        self.threads = threads or numba.config.NUMBA_NUM_THREADS
-        numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        # At most Numba's pool (the cores, unless NUMBA_NUM_THREADS says otherwise), for ONNX
+        # Runtime too: more threads than cores only take turns on them.
+        pool = numba.config.NUMBA_NUM_THREADS
+        self.threads = min(threads or pool, pool)
+        numba.set_num_threads(self.threads)
         self.prep = FeaturePrep(self.manifest["dense"], self.manifest["sparse"])
         try:
             self.plan: BagPlan = make_plan(
@@ -171,8 +174,8 @@ def load(
     Parameters
     ----------
     path : the model directory
-    threads : threads for both Numba and ONNX Runtime (default: all cores); one number so the
-        two pools do not fight over cores
+    threads : threads for both Numba and ONNX Runtime (default and most: all cores, or
+        ``NUMBA_NUM_THREADS``); one number so the two pools do not fight over cores
     verify : also check every file's sha256 (reads every byte; sizes are always checked)
 
     Raises

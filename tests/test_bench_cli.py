@@ -9,6 +9,7 @@ import json
 import shutil
 import time
 
+import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -158,6 +159,15 @@ def test_results_are_printed_even_if_the_plot_cannot_be_written(
     assert "total" in result.stdout and "No space left on device" in result.stderr
 
 
+def test_thread_counts_beyond_the_cores_run_as_all_cores(flights_model_dir):
+    pool = numba.config.NUMBA_NUM_THREADS
+    args = ["--batch-sizes", "1", "--threads", f"{pool},{pool + 62}", "--seconds", "0",
+            "--iterations", "2", "--warmup", "1", "-q", "--json"]  # fmt: skip
+    out = json.loads(bench(str(flights_model_dir), *args).stdout)
+    assert [r["threads"] for r in out["results"]] == [pool]
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 cores")
 def test_multi_hot_model_and_two_thread_counts(bags_model_dir):
     out = json.loads(
         bench(

@@ -43,8 +43,8 @@ Examples:
     "--threads",
     default=None,
     callback=_int_list,
-    help="Comma-separated thread counts (Numba and ONNX Runtime together) [default: 1 and "
-    "all cores].",
+    help="Comma-separated thread counts (Numba and ONNX Runtime together; more than the cores "
+    "run as all cores) [default: 1 and all cores].",
 )
 @click.option(
     "--baseline",

@@ -47,7 +47,8 @@ Examples:
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="Threads for the Numba kernels and ONNX Runtime together [default: all cores].",
+    help="Threads for the Numba kernels and ONNX Runtime together, at most the cores "
+    "[default: all cores].",
 )
 @click.option("--partitioned", is_flag=True, help="Write a directory of part-NNNNN.parquet files.")
 @click.option(
