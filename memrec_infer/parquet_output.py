@@ -39,6 +39,8 @@ def writable_path(output: str) -> str:
     OutputPathError
         The directory does not exist, or a file cannot be created in it.
     """
+    if not output:
+        raise OutputPathError("the output path is empty; name a file (or directory)")
     path = os.path.abspath(output)
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):

@@ -256,6 +256,8 @@ def test_a_column_name_used_twice_is_named(flights_model, flights_table, tmp_pat
 def test_output_checks(flights_model, flights_table, tmp_path):
     pq.write_table(flights_table.slice(0, 10), tmp_path / "in.parquet")
     inp = [tmp_path / "in.parquet"]
+    with pytest.raises(MemrecError, match="the output path is empty"):
+        score_parquet(flights_model, inp, "", force=True)
     with pytest.raises(MemrecError, match=r"output directory .*missing.* does not exist"):
         score_parquet(flights_model, inp, tmp_path / "missing" / "out.parquet")
     assert not os.path.exists(tmp_path / "missing")
