@@ -30,7 +30,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .errors import InputDataError, MemrecError, OutputPathError, SchemaMismatchError
+from .errors import (
+    BadValueError,
+    InputDataError,
+    MemrecError,
+    OutputPathError,
+    SchemaMismatchError,
+)
 from .parquet_output import writable_path
 
 STAGES = ("prepare", "embed", "dense", "total")
@@ -165,8 +171,14 @@ def generated_batch(manifest: dict[str, Any], rows: int, seed: int = 0) -> pa.Ta
     return pa.table(cols)
 
 
-def file_batches(path: str | os.PathLike[str], columns: Sequence[str], sizes: Sequence[int]):
-    """The first ``B`` rows of a Parquet input for each ``B`` in ``sizes`` (repeated if short).
+# Rows per record batch read from a --input file: whole batches even for B = 1 (Arrow decodes
+# a row group batch by batch, and one-row batches took half a minute to leave a 65k-row one).
+_READ_ROWS = 1 << 16
+
+
+def file_batches(path: str | os.PathLike[str], prep: Any, sizes: Sequence[int]):
+    """The first ``B`` rows of a Parquet input for each ``B`` in ``sizes`` (repeated if short),
+    checked against the model's feature prep ``prep``.
 
     Read as ``score`` reads its inputs (a file, directory or glob; the same errors, naming the
     file and the missing or mistyped column), and only as many rows as the largest ``B``.
@@ -174,17 +186,22 @@ def file_batches(path: str | os.PathLike[str], columns: Sequence[str], sizes: Se
     from .parquet_input import find_inputs, iter_batches, read_schema
 
     files = find_inputs([os.fspath(path)])
-    schema = read_schema(files, list(columns))
+    schema = read_schema(files, prep.columns)
+    prep.check_schema(schema, source=os.fspath(path))
     need = max(sizes)
     parts: list[pa.RecordBatch] = []
-    for ib in iter_batches(files, schema, min(need, 1 << 16)):
+    for ib in iter_batches(files, schema, _READ_ROWS):
         parts.append(ib.batch)
         need -= ib.batch.num_rows
         if need <= 0:
             break
-    table = pa.Table.from_batches(parts, schema=schema)
+    table = pa.Table.from_batches(parts, schema=schema).slice(0, max(sizes))
     if table.num_rows == 0:
         raise InputDataError(f"{path}: has no rows to benchmark with")
+    try:
+        prep(table)  # a value the model cannot take, named here rather than mid-measurement
+    except BadValueError as exc:
+        raise InputDataError(f"{path}: row {exc.row:,} of the input: {exc.detail}") from exc
     out = {}
     for b in sizes:
         reps = -(-b // table.num_rows)
@@ -310,9 +327,8 @@ def run_benchmark(
     t0 = time.perf_counter()
     model = load(model_dir, threads=thread_counts[0])
     load_s = time.perf_counter() - t0
-    columns = model.prep.columns
     if input_path is not None:
-        batches = file_batches(input_path, columns, sizes[:1])
+        batches = file_batches(input_path, model.prep, sizes[:1])
         source = f"{input_path} (first rows, repeated if short)"
     else:
         batches = {sizes[0]: generated_batch(model.manifest, sizes[0], seed)}
@@ -329,7 +345,7 @@ def run_benchmark(
     say(f"first batch scored {startup_s:.2f} s after process start")
 
     if input_path is not None:
-        batches = file_batches(input_path, columns, sizes)
+        batches = file_batches(input_path, model.prep, sizes)
     else:
         batches.update({b: generated_batch(model.manifest, b, seed) for b in sizes[1:]})
     result = BenchResult(

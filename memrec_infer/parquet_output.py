@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Sequence
 from types import TracebackType
@@ -43,6 +44,8 @@ def writable_path(output: str) -> str:
         raise OutputPathError("the output path is empty; name a file (or directory)")
     path = os.path.abspath(output)
     parent = os.path.dirname(path)
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise OutputPathError(f"{output}: {parent} is not a directory")
     if not os.path.isdir(parent):
         raise OutputPathError(
             f"{output}: the output directory {parent} does not exist; create it first"
@@ -66,10 +69,21 @@ def check_output(output: str, *, partitioned: bool, force: bool) -> str:
         and ``force`` is False, or it exists as something ``force`` must not destroy.
     """
     path = writable_path(output)
+    if not partitioned and output.endswith(("/", os.sep)):
+        raise OutputPathError(
+            f"{output}: names a directory; expected a file path (or use --partitioned)"
+        )
     if not os.path.lexists(path):
         return path
     if not force:
         raise OutputPathError(f"{output}: already exists; pass --force to overwrite it")
+    mode = os.lstat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode)):
+        # The rename into place would replace the node itself (as root, /dev/null say).
+        raise OutputPathError(
+            f"{output}: is a device, FIFO or socket, not a file; --force replaces only files "
+            "and directories of scores"
+        )
     if os.path.isdir(path) and not os.path.islink(path):
         if not partitioned:
             raise OutputPathError(

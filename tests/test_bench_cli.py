@@ -24,6 +24,7 @@ from memrec_infer.runtime import load
 
 flights_model_dir = score_fixtures.flights_model_dir
 bags_model_dir = score_fixtures.bags_model_dir
+flights_table = score_fixtures.flights_table
 
 FAST = ["--batch-sizes", "1,8", "--threads", "1", "--seconds", "0", "--iterations", "3",
         "--warmup", "1", "-q"]  # fmt: skip
@@ -110,6 +111,21 @@ def test_input_file_missing_columns_is_a_clear_error(flights_model_dir, tmp_path
     assert f"{path}: missing column(s) " in result.output and "carrier" in result.output
     result = bench(str(flights_model_dir), *FAST, "--input", str(tmp_path / "no.parquet"), code=1)
     assert "no.parquet: no such file or directory" in result.output
+
+
+def test_input_values_and_types_the_model_cannot_take_name_the_file(
+    flights_model_dir, flights_table, tmp_path
+):
+    path = tmp_path / "in.parquet"
+    t = flights_table.slice(0, 3)
+    i = t.schema.get_field_index("distance")
+    pq.write_table(t.set_column(i, "distance", pa.array([1.0, 2.0, float("inf")])), path)
+    result = bench(str(flights_model_dir), *FAST, "--input", str(path), code=1)
+    assert f"{path}: row 2 of the input: column 'distance' (dense) holds inf" in result.output
+    i = t.schema.get_field_index("flight")
+    pq.write_table(t.set_column(i, "flight", pa.array(["1", "2", "3"])), path)
+    result = bench(str(flights_model_dir), *FAST, "--input", str(path), code=1)
+    assert f"{path}: column 'flight' (sparse feature 'flight'): expected integers" in result.output
 
 
 def test_baseline_taking_other_column_types_is_named(flights_model_dir, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import stat
 import threading
 import time
 
@@ -258,6 +259,14 @@ def test_output_checks(flights_model, flights_table, tmp_path):
     inp = [tmp_path / "in.parquet"]
     with pytest.raises(MemrecError, match="the output path is empty"):
         score_parquet(flights_model, inp, "", force=True)
+    with pytest.raises(MemrecError, match="in.parquet is not a directory"):
+        score_parquet(flights_model, inp, tmp_path / "in.parquet" / "out.parquet")
+    with pytest.raises(MemrecError, match="names a directory; expected a file path"):
+        score_parquet(flights_model, inp, f"{tmp_path / 'new'}{os.sep}")
+    os.mkfifo(tmp_path / "fifo")  # as a device node would, e.g. /dev/null
+    with pytest.raises(MemrecError, match="is a device, FIFO or socket, not a file"):
+        score_parquet(flights_model, inp, tmp_path / "fifo", force=True)
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo").st_mode)
     with pytest.raises(MemrecError, match=r"output directory .*missing.* does not exist"):
         score_parquet(flights_model, inp, tmp_path / "missing" / "out.parquet")
     assert not os.path.exists(tmp_path / "missing")
