@@ -153,8 +153,13 @@ class ScoresWriter:
                 os.mkdir(self.temp)
             else:
                 self._writer = self._open(self.temp)
-        except OSError as exc:
-            raise self._error(exc) from exc
+        except BaseException as exc:
+            # ``with`` calls __exit__ only once this returns: a failure, or a signal (SIGTERM,
+            # Ctrl-C) just after the temporary was created, must remove it here.
+            self._discard()
+            if isinstance(exc, OSError):
+                raise self._error(exc) from exc
+            raise
         return self
 
     def _error(self, exc: OSError) -> OutputPathError:

@@ -23,6 +23,7 @@ from memrec_infer.errors import (
     SchemaMismatchError,
 )
 from memrec_infer.models.checkpoint import load_checkpoint
+from memrec_infer.parquet_output import ScoresWriter
 from memrec_infer.progress import Progress
 from memrec_infer.readahead import readahead
 from memrec_infer.runtime import load
@@ -320,6 +321,24 @@ def test_a_failing_write_is_an_output_error_and_leaves_nothing(
     with pytest.raises(OutputPathError, match="out.parquet: cannot write .*No space left"):
         score_parquet(flights_model, [tmp_path / "in.parquet"], out, batch_size=40)
     assert not os.path.exists(out) and leftovers(tmp_path) == []
+
+
+def test_a_signal_just_after_the_temporary_is_created_leaves_nothing(
+    flights_model, flights_table, tmp_path, monkeypatch
+):
+    # ``with`` runs __exit__ only once __enter__ has returned; a SIGTERM or Ctrl-C landing just
+    # after the temporary file appeared used to leave it behind.
+    pq.write_table(flights_table.slice(0, 10), tmp_path / "in.parquet")
+    opened = ScoresWriter._open
+
+    def open_then_interrupted(self, path):
+        opened(self, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ScoresWriter, "_open", open_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        score_parquet(flights_model, [tmp_path / "in.parquet"], tmp_path / "out.parquet")
+    assert leftovers(tmp_path) == [] and not (tmp_path / "out.parquet").exists()
 
 
 def test_an_infinite_dense_value_is_refused_with_its_file_and_row(
