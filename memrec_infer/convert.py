@@ -134,9 +134,8 @@ def _check_parent(path: Path) -> None:
 
     Cheap checks only; creating the directories later (:func:`_make_temp`) is the real test.
     """
-    parent = path.parent
-    while not os.path.lexists(parent):
-        parent = parent.parent
+    missing = _missing_parents(path)
+    parent = missing[-1].parent if missing else path.parent
     if not os.path.isdir(parent):
         raise OutputPathError(
             f"output directory {path}: {parent} is not a directory; choose another -o"
@@ -148,17 +147,23 @@ def _check_parent(path: Path) -> None:
         )
 
 
+def _missing_parents(path: Path) -> list[Path]:
+    """``path``'s parents that do not exist yet, innermost first."""
+    missing = []
+    parent = path.parent
+    while not os.path.lexists(parent):
+        missing.append(parent)
+        parent = parent.parent
+    return missing
+
+
 def _make_temp(out: Path) -> tuple[Path, list[Path]]:
     """Create ``out``'s missing parents and a temporary directory beside it.
 
     Returns the temporary directory and the parents created (outermost first), for
     :func:`_remove_dirs` on failure. Nothing is left behind when this raises.
     """
-    missing = []
-    parent = out.parent
-    while not os.path.isdir(parent):
-        missing.append(parent)
-        parent = parent.parent
+    missing = _missing_parents(out)
     created: list[Path] = []
     try:
         for directory in reversed(missing):

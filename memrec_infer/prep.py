@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from .errors import BadValueError, SchemaMismatchError
 from .kernels.ids import NULL_ID, cross_ids, string_ids
+from .spec import float32_finite
 
 DENSE_TRANSFORMS = ("identity", "log1p", "standard")
 SPARSE_DTYPES = ("int", "string", "cross")
@@ -310,7 +311,7 @@ class FeaturePrep:
         value = float(raw.as_py() if isinstance(raw, pa.Scalar) else raw)
         if not math.isfinite(value):
             what = f"{value}"
-        elif np.isinf(_as_float32(value)):
+        elif not float32_finite(value):
             what = f"{value:g}, beyond float32's range"
         else:
             what = f"{value:g}, which its {d['transform']} transform makes {dense[row, j]}"
@@ -342,11 +343,6 @@ class FeaturePrep:
             arr = pc.cast(arr, pa.large_list(arr.type.value_type))
         lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
         return _plain_ids(arr.flatten()), lengths.astype(np.int64, copy=False)
-
-
-def _as_float32(value: float) -> np.float32:
-    with np.errstate(over="ignore"):  # beyond float32's range: inf, which the caller reports
-        return np.float32(value)
 
 
 class _DictColumns:
