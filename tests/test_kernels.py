@@ -543,10 +543,11 @@ def misaligned(shape):
 @pytest.mark.parametrize("dim", [16, 20, 128])
 @pytest.mark.parametrize("one_hot", [True, False])
 @pytest.mark.parametrize("aligned", [True, False])
-def test_streamed_outputs_match_the_reference(always_stream, dim, one_hot, aligned):
+@pytest.mark.parametrize("parallel", PARALLEL)
+def test_streamed_outputs_match_the_reference(always_stream, dim, one_hot, aligned, parallel):
     # Streaming only when rows start on cache lines (aligned out, D a multiple of 16), and the
     # result is the same either way, to the bit; k = 1..5, full tables, one-id and longer bags,
-    # sum and mean pooling.
+    # sum and mean pooling. The serial kernel streams too when forced onto a large batch.
     rng = np.random.default_rng(30 + dim)
     tokens, weights, vocab = tables(rng, dim=dim)
     features = every_k_features(rng)
@@ -556,7 +557,7 @@ def test_streamed_outputs_match_the_reference(always_stream, dim, one_hot, align
     out = plan.empty_output(nb) if aligned else misaligned((nb, nf, dim))
     assert _alloc.streams(out, dim * 4) == (aligned and dim % 16 == 0)
     out[:] = np.nan
-    got = check(features, tokens, weights, vocab, values, offsets, True, out=out)
+    got = check(features, tokens, weights, vocab, values, offsets, parallel, out=out)
     cached = misaligned((nb, nf, dim))
     assert not _alloc.streams(cached, dim * 4)
     make_plan(features, tokens, weights, vocab).lookup(values, offsets, out=cached, parallel=True)
