@@ -40,9 +40,15 @@ def _fnv1a64(data, start, stop):
 
 
 @numba.njit(inline="always", **JIT)
+def bytes_id(data, start, stop):
+    """Id of the string ``data[start:stop]`` (its UTF-8 bytes, ``data`` a uint8 array)."""
+    return np.int64(fmix64(_fnv1a64(data, start, stop)))
+
+
+@numba.njit(inline="always", **JIT)
 def _string_id(offsets, data, valid, i):
     if valid[i]:
-        return np.int64(fmix64(_fnv1a64(data, offsets[i], offsets[i + 1])))
+        return bytes_id(data, offsets[i], offsets[i + 1])
     return NULL_ID
 
 
@@ -92,10 +98,22 @@ def string_id(value: str | bytes | None) -> int:
 
 
 @numba.njit(inline="always", **JIT)
+def cross_start(x):
+    """The hash state of a cross after the id ``x`` of its first column."""
+    return fmix64(np.uint64(x))
+
+
+@numba.njit(inline="always", **JIT)
+def cross_step(h, x):
+    """The state ``h`` of a cross after the id ``x`` of its next column (the id: ``int64(h)``)."""
+    return fmix64(h ^ np.uint64(x))
+
+
+@numba.njit(inline="always", **JIT)
 def _cross_id(cols, i):
-    h = fmix64(np.uint64(cols[0, i]))
+    h = cross_start(cols[0, i])
     for c in range(1, cols.shape[0]):
-        h = fmix64(h ^ np.uint64(cols[c, i]))
+        h = cross_step(h, cols[c, i])
     return np.int64(h)
 
 

@@ -27,6 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import BadValueError, SchemaMismatchError
+from .fused_prep import MAX_ROWS as _FUSED_MAX_ROWS
+from .fused_prep import FusedPrep
 from .kernels.ids import NULL_ID, cross_ids, string_ids
 from .spec import float32_finite
 
@@ -181,12 +183,18 @@ class FeaturePrep:
         kinds = [d["transform"] for d in self.dense]
         self._log1p = np.array([i for i, k in enumerate(kinds) if k == "log1p"], np.intp)
         self._standard = np.array([i for i, k in enumerate(kinds) if k == "standard"], np.intp)
-        self._mean = np.array([self.dense[i]["mean"] for i in self._standard], np.float32)
-        self._std = np.array([self.dense[i]["std"] for i in self._standard], np.float32)
+        # The standard transform as (x - shift) / scale on every column, 0 and 1 for the other
+        # columns (exact: x - 0 and x / 1 are x): two in-place ufuncs instead of a gather and a
+        # scatter of the standard columns (~8 us of a ~30 us prep at batch 1).
+        self._shift = np.zeros(len(self.dense), np.float32)
+        self._scale = np.ones(len(self.dense), np.float32)
+        self._shift[self._standard] = [self.dense[i]["mean"] for i in self._standard]
+        self._scale[self._standard] = [self.dense[i]["std"] for i in self._standard]
         self._columns = self._all_columns()
         self._feature_starts = np.arange(len(self.sparse), dtype=np.int64)
         self._checked: pa.Schema | None = None
         self._checked_index: list[int] = []  # the columns' positions in ``self._checked``
+        self._fused: FusedPrep | None = None  # the one-call path for ``self._checked``, if any
         self._checked_signature: tuple | None = None
 
     @property
@@ -234,7 +242,14 @@ class FeaturePrep:
                 self.check_schema(schema)
                 self._checked = schema
                 self._checked_index = [schema.get_field_index(c) for c in self._columns]
+                self._fused = FusedPrep.for_schema(
+                    self.dense, self.sparse, schema, self._columns, self._checked_index
+                )
             n = batch.num_rows
+            if self._fused is not None and 0 < n <= _FUSED_MAX_ROWS:
+                fused = self._prepare_fused(batch, n)
+                if fused is not None:
+                    return fused
             columns = _arrow_columns(batch, self._columns, self._checked_index)
         else:
             batch = _DictColumns(batch, self._columns)
@@ -270,6 +285,34 @@ class FeaturePrep:
             base += len(ids)
         return PreparedBatch(num_rows=n, dense=dense, values=values, offsets=offsets)
 
+    def _prepare_fused(self, batch: pa.Table | pa.RecordBatch, n: int) -> PreparedBatch | None:
+        # The whole batch in one kernel call (``fused_prep``); None sends it down the
+        # per-column path: a table of several chunks, an unexpected layout, or a value that
+        # is not finite (which that path names).
+        if isinstance(batch, pa.Table):
+            parts = batch.to_batches()
+            if len(parts) != 1:
+                return None
+            batch = parts[0]
+        got = self._fused(batch)
+        if got is None:
+            return None
+        dense, values = got
+        self._transform(dense)
+        if not np.isfinite(dense).all():
+            return None
+        offsets = np.add.outer(self._feature_starts * n, np.arange(n + 1, dtype=np.int64))
+        return PreparedBatch(num_rows=n, dense=dense, values=values, offsets=offsets)
+
+    def _transform(self, dense: np.ndarray) -> None:
+        """The dense transforms, in place, on columns already float32 with nulls filled."""
+        with np.errstate(over="ignore"):
+            if self._log1p.size:
+                dense[:, self._log1p] = np.log1p(np.maximum(dense[:, self._log1p], np.float32(0)))
+            if self._standard.size:
+                np.subtract(dense, self._shift, out=dense)
+                np.divide(dense, self._scale, out=dense)
+
     def _dense_matrix(self, columns: _Columns, n: int) -> np.ndarray:
         """float32 [B, n_dense]: columns as float32, nulls/NaN -> fill, then the transforms."""
         dense = np.empty((n, len(self.dense)), dtype=np.float32)
@@ -295,10 +338,7 @@ class FeaturePrep:
             nan = np.isnan(dense)
             if nan.any():
                 np.copyto(dense, np.broadcast_to(self._fill, dense.shape), where=nan)
-            if self._log1p.size:
-                dense[:, self._log1p] = np.log1p(np.maximum(dense[:, self._log1p], np.float32(0)))
-            if self._standard.size:
-                dense[:, self._standard] = (dense[:, self._standard] - self._mean) / self._std
+        self._transform(dense)
         if not np.isfinite(dense).all():
             self._raise_not_finite(dense, columns)
         return dense

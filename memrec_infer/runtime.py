@@ -19,6 +19,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from . import fused_prep
 from .dense_session import open_dense_session
 from .errors import InvalidModelError
 from .kernels.bags import BagPlan, FeatureTable, make_plan
@@ -28,7 +29,7 @@ from .prep import Batch, FeaturePrep, PreparedBatch
 
 # What a caller of :meth:`Model.load_kernels` tells its user when loading is slow: a first run.
 COMPILING_NOTICE = (
-    "compiling the embedding lookup kernels for this machine (once, a minute or two; "
+    "compiling the feature prep and lookup kernels for this machine (once, a minute or two; "
     "later runs load them from Numba's cache)..."
 )
 
@@ -141,7 +142,8 @@ class Model:
         on_slow: Callable[[], None] | None = None,
         after_s: float = 1.0,
     ) -> None:
-        """Load the lookup kernels that batches of these sizes use, before the first batch.
+        """Load the kernels that batches of these sizes use, before the first batch: feature
+        prep's (``fused_prep``) and the lookup's.
 
         The first run of a model's embedding width on a machine compiles them (about a minute
         each; Numba caches them on disk). ``on_slow`` is called once, from another thread, if
@@ -152,7 +154,10 @@ class Model:
             timer.daemon = True
             timer.start()
         try:
-            self.plan.load_kernels(batch_sizes)
+            sizes = [int(b) for b in batch_sizes]
+            if any(b <= fused_prep.MAX_ROWS for b in sizes):
+                fused_prep.load_kernel()
+            self.plan.load_kernels(sizes)
         finally:
             if timer is not None:
                 timer.cancel()

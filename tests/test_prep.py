@@ -8,9 +8,20 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from memrec_infer import fused_prep
 from memrec_infer.errors import BadValueError, SchemaMismatchError
 from memrec_infer.kernels.ids import NULL_ID, cross_ids, string_id
 from memrec_infer.prep import FeaturePrep
+
+
+@pytest.fixture(autouse=True, params=["fused", "per_column"])
+def prep_path(request, monkeypatch):
+    # Every test runs twice: as prep runs (small Arrow batches in one kernel call where the
+    # schema allows, ``fused_prep``), and with that path off, every batch column by column.
+    if request.param == "per_column":
+        monkeypatch.setattr(fused_prep.FusedPrep, "for_schema", classmethod(lambda *a: None))
+    return request.param
+
 
 DENSE = [
     {"name": "a", "transform": "identity", "fill": -1.0},
@@ -229,3 +240,142 @@ def test_dict_input_errors_name_the_column():
     prep({"a": np.zeros(2), "i": np.zeros(2, np.int64)})
     with pytest.raises(SchemaMismatchError, match="expected integers, found string"):
         prep({"a": np.zeros(2), "i": np.array(["x", "y"])})
+
+
+# ---------------------------------------------------------------- the one-call path
+
+
+def one_call_only(prep_path):
+    if prep_path == "per_column":
+        pytest.skip("about the one-call path (or compares the two paths itself)")
+
+
+def both_paths(prep, batch, monkeypatch):
+    # (prepared by the one-call path, prepared column by column), after checking that the
+    # first really took the one-call path.
+    took = []
+    real = FeaturePrep._prepare_fused
+    with monkeypatch.context() as m:
+        m.setattr(FeaturePrep, "_prepare_fused", lambda *a: took.append(real(*a)) or took[-1])
+        fused = prep(batch)
+    assert prep._fused is not None and took and took[0] is fused
+    with monkeypatch.context() as m:
+        m.setattr(fused_prep.FusedPrep, "for_schema", classmethod(lambda *a: None))
+        plain = FeaturePrep(prep.dense, prep.sparse)(batch)
+    return fused, plain
+
+
+def assert_same_bits(a, b):
+    for name in ("dense", "values", "offsets"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        np.testing.assert_array_equal(x.view(np.uint8), y.view(np.uint8), err_msg=name)
+
+
+INT_TYPES = [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(),
+             pa.uint32(), pa.uint64()]  # fmt: skip
+STRING_TYPES = [pa.string(), pa.large_string(), pa.binary(), pa.large_binary()]
+
+
+def random_column(rng, t, n):
+    # Values of type ``t`` across its whole range (extremes included), a fifth of them null.
+    nulls = rng.random(n) < 0.2
+    if pa.types.is_integer(t):
+        info = np.iinfo(t.to_pandas_dtype())
+        vals = rng.integers(info.min, info.max, n, dtype=t.to_pandas_dtype(), endpoint=True)
+        vals[:2] = [info.min, info.max]
+        return pa.array(vals, t, mask=nulls)
+    if pa.types.is_floating(t):
+        vals = rng.normal(0, 1e3, n).astype(t.to_pandas_dtype())
+        vals[rng.random(n) < 0.1] = np.nan
+        vals[:2] = [16777217, -3e38]  # rounds to float32; within float32's range
+        return pa.array(vals, t, mask=nulls)
+    letters = list("abcxyz\u00e9\u4e2d")
+    words = ["".join(rng.choice(letters, int(rng.integers(0, 9)))) for _ in range(n)]
+    words[0] = ""
+    return pa.array(words, pa.string(), mask=nulls).cast(t)
+
+
+@pytest.mark.parametrize("t", INT_TYPES + [pa.float32(), pa.float64()] + STRING_TYPES, ids=str)
+def test_one_call_prep_matches_per_column_for_every_type(t, monkeypatch, prep_path):
+    # Dense (numbers) and sparse (integers, strings) from every type the kernel reads, nulls,
+    # extremes; a cross over the column and an int64 one; sliced batches; one row and many.
+    one_call_only(prep_path)
+    rng = np.random.default_rng(t.id)
+    number = pa.types.is_integer(t) or pa.types.is_floating(t)
+    dense = [{**DENSE[0], "name": "c"}, {**DENSE[2], "name": "i"}]
+    if number:
+        dense.append({**DENSE[1], "name": "x"})
+    sparse = [one_hot("i")]
+    if not pa.types.is_floating(t):
+        kind = "int" if number else "string"
+        sparse += [one_hot("x", kind), one_hot("x*i", "cross", ["x", "i"])]
+    n = 300
+    table = pa.table(
+        {
+            "c": random_column(rng, pa.float64(), n),
+            "i": random_column(rng, pa.int64(), n),
+            "x": random_column(rng, t, n),
+        }
+    )
+    prep = FeaturePrep(dense, sparse)
+    for batch in (table, table.slice(1, 1), table.slice(37, 200), table.to_batches()[0].slice(5)):
+        assert_same_bits(*both_paths(prep, batch, monkeypatch))
+
+
+def test_one_call_prep_batches_of_a_stream_and_columns_in_any_order(monkeypatch, prep_path):
+    # Record batches of one file, their columns in another order than the model's, one
+    # column feeding a dense feature and a sparse one.
+    one_call_only(prep_path)
+    rng = np.random.default_rng(5)
+    cols = {
+        "s": random_column(rng, pa.string(), 1000),
+        "extra": random_column(rng, pa.float32(), 1000),
+        "i": random_column(rng, pa.int32(), 1000),
+    }
+    prep = FeaturePrep([{**DENSE[1], "name": "i"}], [one_hot("s", "string"), one_hot("i")])
+    for batch in pa.table(cols).to_batches(max_chunksize=128):
+        assert_same_bits(*both_paths(prep, batch, monkeypatch))
+
+
+@pytest.mark.parametrize(
+    ("column", "feature"),
+    [
+        (pa.array(["a", "b"]).dictionary_encode(), one_hot("x", "string")),
+        (pa.array([True, False]), None),
+        (pa.array([1.5, 2.5], pa.float16()), None),
+        (pa.array(["a", "b"], pa.string_view()), one_hot("x", "string")),
+        (pa.array([["a"], []]), {**one_hot("x", "string"), "multi_hot": True}),
+    ],
+    ids=["dictionary", "bool", "float16", "string_view", "multi_hot"],
+)
+def test_other_types_and_multi_hot_go_column_by_column(column, feature, prep_path):
+    one_call_only(prep_path)
+    dense = [] if feature else [{**DENSE[0], "name": "x"}]
+    prep = FeaturePrep(dense, [feature] if feature else [])
+    prep(pa.table({"x": column}))
+    assert prep._fused is None
+
+
+def test_large_batches_and_chunked_tables_go_column_by_column(monkeypatch, prep_path):
+    one_call_only(prep_path)
+    calls = []
+    real = fused_prep.FusedPrep.__call__
+    monkeypatch.setattr(fused_prep.FusedPrep, "__call__", lambda *a: calls.append(1) or real(*a))
+    prep = FeaturePrep([], [one_hot("i")])
+    ids = np.arange(fused_prep.MAX_ROWS + 1)
+    prep(pa.table({"i": ids}))  # parallel hashing from here on
+    chunked = pa.concat_tables([pa.table({"i": ids[:2]}), pa.table({"i": ids[2:4]})])
+    np.testing.assert_array_equal(prep(chunked).values, ids[:4])
+    assert calls == []
+    prep(pa.table({"i": ids[: fused_prep.MAX_ROWS]}))
+    assert calls == [1]
+
+
+def test_one_call_prep_leaves_a_value_it_cannot_take_to_the_per_column_path(prep_path):
+    one_call_only(prep_path)
+    # Which names the row, as before.
+    prep = FeaturePrep(DENSE[:1], [])
+    with pytest.raises(BadValueError, match="beyond float32's range") as info:
+        prep(pa.table({"a": pa.array([1.0, 1e300])}))
+    assert prep._fused is not None and info.value.row == 1

@@ -536,7 +536,7 @@ def test_a_slow_first_kernel_load_is_announced_before_scoring(
     score_parquet(model, [tmp_path / "in.parquet"], tmp_path / "out.parquet",
                   progress=True, stream=err)  # fmt: skip
     text = err.getvalue()
-    assert text.startswith("compiling the embedding lookup kernels for this machine")
+    assert text.startswith("compiling the feature prep and lookup kernels for this machine")
     bar = text.split("\n", 1)[1]  # the bar follows on its own line, its rate without the wait
     rate = int(bar.split(" rows/s")[0].rsplit(" ", 1)[1].replace(",", ""))
     assert rate > flights_table.num_rows / 1.3
