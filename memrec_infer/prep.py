@@ -246,7 +246,7 @@ class FeaturePrep:
                     self.dense, self.sparse, schema, self._columns, self._checked_index
                 )
             n = batch.num_rows
-            if self._fused is not None and 0 < n <= _FUSED_MAX_ROWS:
+            if self._fused is not None and 0 < n < _FUSED_MAX_ROWS:
                 fused = self._prepare_fused(batch, n)
                 if fused is not None:
                     return fused

@@ -155,7 +155,7 @@ class Model:
             timer.start()
         try:
             sizes = [int(b) for b in batch_sizes]
-            if any(b <= fused_prep.MAX_ROWS for b in sizes):
+            if any(b < fused_prep.MAX_ROWS for b in sizes):
                 fused_prep.load_kernel()
             self.plan.load_kernels(sizes)
         finally:

@@ -363,12 +363,12 @@ def test_large_batches_and_chunked_tables_go_column_by_column(monkeypatch, prep_
     real = fused_prep.FusedPrep.__call__
     monkeypatch.setattr(fused_prep.FusedPrep, "__call__", lambda *a: calls.append(1) or real(*a))
     prep = FeaturePrep([], [one_hot("i")])
-    ids = np.arange(fused_prep.MAX_ROWS + 1)
+    ids = np.arange(fused_prep.MAX_ROWS)
     prep(pa.table({"i": ids}))  # parallel hashing from here on
     chunked = pa.concat_tables([pa.table({"i": ids[:2]}), pa.table({"i": ids[2:4]})])
     np.testing.assert_array_equal(prep(chunked).values, ids[:4])
     assert calls == []
-    prep(pa.table({"i": ids[: fused_prep.MAX_ROWS]}))
+    prep(pa.table({"i": ids[:-1]}))
     assert calls == [1]
 
 
