@@ -834,9 +834,13 @@ def _pool_tile(
                 values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, False
             )
     else:
+        # ``stream`` as a plain bool (the serial kernel passes a constant): one compiled
+        # ``tile_general`` per D for both kernels, where ``Literal[bool](False)`` compiled a
+        # second one for the serial kernel.
         tile_general(
-            values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim, stream
-        )
+            values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim,
+            np.bool_(stream),
+        )  # fmt: skip
     if stream:
         store_fence()
 
@@ -880,10 +884,6 @@ def _make_lookup_kernels(dim: int, half: bool):
             return BAD_OFFSETS
         if nb == 0:
             return OK
-        # The parallel kernel's store policy. Passing a constant ``False`` instead compiled
-        # ``tile_general`` a second time per D (once for ``Literal[bool](False)``, once for
-        # ``bool``).
-        stream = _streams(plan, out, dim)
         out = out.reshape(nb * meta.shape[0], dim)
         if nb <= DIRECT_MAX and _all_direct(meta):
             # Batches of a few samples: no scratch, no tiles; the general path's set-up costs
@@ -912,7 +912,7 @@ def _make_lookup_kernels(dim: int, half: bool):
             tile_is_one_hot = one_hot or _tile_offsets(offsets, b0, b1, values.shape[0])[1]
             _pool_tile(
                 values, offsets, tokens, weights, vocab, keys, meta, b0, b1, out, hb, ab, dim,
-                stream, tile_is_one_hot,
+                False, tile_is_one_hot,
             )  # fmt: skip
         return OK
 
@@ -971,9 +971,9 @@ def lookup_kernels(dim: int, half: bool = False) -> tuple:
         of every hash function; meta int64 [F, META_COLS]
     out : float32 [B, F, dim], overwritten
 
-    The parallel one spreads tiles of up to ``TILE`` samples over the threads. Both write rows
-    with streaming stores when ``out`` is large and 64-byte aligned (but for mean bags of
-    several ids, divided in place); only a serial kernel forced onto a large batch gets there.
+    The parallel one spreads tiles of up to ``TILE`` samples over the threads and writes its
+    rows with streaming stores when ``out`` is large and 64-byte aligned (but for mean bags of
+    several ids, divided in place).
 
     They return ``OK``; or, touching nothing, ``BAD_SHAPE`` if ``offsets`` is not ``[F, B + 1]``
     or ``out`` not ``[B, F, dim]`` (``F = meta.shape[0]``); or ``BAD_OFFSETS`` if some

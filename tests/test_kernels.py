@@ -547,7 +547,7 @@ def misaligned(shape):
 def test_streamed_outputs_match_the_reference(always_stream, dim, one_hot, aligned, parallel):
     # Streaming only when rows start on cache lines (aligned out, D a multiple of 16), and the
     # result is the same either way, to the bit; k = 1..5, full tables, one-id and longer bags,
-    # sum and mean pooling. The serial kernel streams too when forced onto a large batch.
+    # sum and mean pooling; the serial kernel forced onto the same batch as well.
     rng = np.random.default_rng(30 + dim)
     tokens, weights, vocab = tables(rng, dim=dim)
     features = every_k_features(rng)
