@@ -136,6 +136,16 @@ def test_sigterm_removes_the_unfinished_output(flights_model_dir, flights_table,
     assert os.listdir(out.parent) == []
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_full_standard_output_is_one_line_not_a_traceback(flights_model_dir):
+    exe = Path(sys.executable).with_name("memrec-infer")
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([str(exe), "info", str(flights_model_dir), "--json"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr == "Error: could not write to standard output: No space left on device\n"
+
+
 def test_user_mistakes_exit_1_with_a_message_and_no_traceback(flights_model_dir, flights_table,
                                                              tmp_path):  # fmt: skip
     src = tmp_path / "in.parquet"

@@ -7,6 +7,7 @@ import json
 import click
 
 from ..errors import MemrecError
+from . import echo_stdout
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -132,9 +133,9 @@ def command(
     except MemrecError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=1))
+        echo_stdout(json.dumps(result.to_dict(), indent=1))
     else:
-        click.echo(format_table(result))
+        echo_stdout(format_table(result))
     if plot is not None:  # after the results are out: a failure here loses nothing
         try:
             draw(result, plot)

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ..errors import MemrecError
+from . import echo_stdout
 
 
 def describe(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -152,4 +153,4 @@ def command(model: Path, as_json: bool, verify: bool) -> None:
     except MemrecError as exc:
         raise click.ClickException(str(exc)) from exc
     d = describe(manifest)
-    click.echo(json.dumps(d, indent=2, sort_keys=True) if as_json else render(d, model))
+    echo_stdout(json.dumps(d, indent=2, sort_keys=True) if as_json else render(d, model))
