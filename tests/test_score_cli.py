@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,6 +135,16 @@ def test_sigterm_removes_the_unfinished_output(flights_model_dir, flights_table,
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     assert os.listdir(out.parent) == []
+
+
+def test_info_refuses_a_graph_that_serving_would_refuse(flights_model_dir, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(flights_model_dir, bad)
+    graph = bad / "dense.onnx"
+    graph.write_bytes(b"\0" * graph.stat().st_size)  # the right size: only its sha256 differs
+    result = CliRunner().invoke(main, ["info", str(bad)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"model directory {bad}: dense.onnx: ONNX Runtime cannot load it" in result.stderr
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")

@@ -137,6 +137,9 @@ def render(d: dict[str, Any], path: Path) -> str:
 def command(model: Path, as_json: bool, verify: bool) -> None:
     """Describe a model directory: features, tables, bytes, compression.
 
+    The directory is checked as serving opens it (manifest, file sizes, the ONNX graph's
+    inputs and output); ``--verify`` adds the files' sha256.
+
     Compression compares each table with its equivalent full float32 table (one row per
     distinct training value, as recorded by the trainer; "unknown" if not recorded), whatever
     the model's token dtype: a float16 model counts its halved token bytes.
@@ -146,11 +149,16 @@ def command(model: Path, as_json: bool, verify: bool) -> None:
       memrec-infer info model/
       memrec-infer info model/ --json
     """
+    from ..dense_session import open_dense_session
     from ..model_dir import read_model_dir
 
     try:
-        manifest = read_model_dir(model, verify=verify).manifest
+        model_dir = read_model_dir(model, verify=verify)
+        # The graph too, as serving opens it: a model that ``score`` would refuse is refused
+        # here (a graph for another number of dense columns, say).
+        open_dense_session(model_dir.onnx_path, model_dir.manifest, threads=1)
     except MemrecError as exc:
         raise click.ClickException(str(exc)) from exc
+    manifest = model_dir.manifest
     d = describe(manifest)
     echo_stdout(json.dumps(d, indent=2, sort_keys=True) if as_json else render(d, model))
