@@ -215,7 +215,7 @@ def read_schema(files: list[InputFile], columns: Sequence[str]) -> pa.Schema:
     for f in files:
         missing = [c for c in columns if f.schema.get_field_index(c) < 0]
         if missing:
-            problems.append(f"{f.path}: missing column(s) {', '.join(missing)}")
+            problems.append(f"{f.path}: missing column(s) {', '.join(map(repr, missing))}")
     if problems:
         more = len(problems) - _MAX_FILES_NAMED
         text = "; ".join(problems[:_MAX_FILES_NAMED]) + (

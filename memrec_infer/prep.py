@@ -213,7 +213,7 @@ class FeaturePrep:
         problems = []
         missing = [c for c in self.columns if schema.get_field_index(c) < 0]
         if missing:
-            problems.append(f"missing column(s): {', '.join(missing)}")
+            problems.append(f"missing column(s): {', '.join(map(repr, missing))}")
         for d in self.dense:
             if d["name"] in missing:
                 continue
@@ -397,7 +397,7 @@ class _DictColumns:
             )
         missing = [c for c in columns if c not in batch]
         if missing:
-            raise SchemaMismatchError(f"input: missing column(s): {', '.join(missing)}")
+            raise SchemaMismatchError(f"input: missing column(s): {', '.join(map(repr, missing))}")
         self.columns: dict[str, pa.Array | np.ndarray] = {
             c: _dict_column(c, batch[c]) for c in columns
         }

@@ -186,7 +186,7 @@ def test_schema_errors_name_every_column():
     with pytest.raises(SchemaMismatchError) as err:
         prep(t)
     msg = str(err.value)
-    assert "missing column(s): m" in msg
+    assert "missing column(s): 'm'" in msg
     assert "'a' (dense): expected numbers, found string" in msg
     assert "'i' (sparse feature 'i'): expected integers, found string" in msg
     assert "'s' (sparse feature 's'): expected strings, found int64" in msg

@@ -157,7 +157,9 @@ def test_missing_and_mistyped_columns_are_named_before_scoring(flights_model, fl
         good.schema.get_field_index("flight"), "flight", pc_cast_str(good.column("flight"))
     )
     pq.write_table(bad_type, tmp_path / "c.parquet")
-    with pytest.raises(SchemaMismatchError, match=r"b\.parquet: missing column\(s\) hour, origin"):
+    with pytest.raises(
+        SchemaMismatchError, match=r"b\.parquet: missing column\(s\) 'hour', 'origin'"
+    ):
         score_parquet(flights_model, [tmp_path], tmp_path / "out.parquet")
     with pytest.raises(SchemaMismatchError) as err:
         score_parquet(flights_model, [tmp_path / "c.parquet"], tmp_path / "out.parquet")

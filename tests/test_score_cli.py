@@ -165,7 +165,7 @@ def test_user_mistakes_exit_1_with_a_message_and_no_traceback(flights_model_dir,
     out = str(tmp_path / "out.parquet")
     result = runner.invoke(main, ["score", str(flights_model_dir), str(src), "-o", out])
     assert result.exit_code == 1
-    assert f"Error: {src}: missing column(s) carrier" in result.stderr
+    assert f"Error: {src}: missing column(s) 'carrier'" in result.stderr
     assert "Traceback" not in result.output and not os.path.exists(out)
 
     pq.write_table(flights_table.slice(0, 50), src)
