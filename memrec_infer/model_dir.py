@@ -393,7 +393,7 @@ def _check_files(root: Path, files: Any, verify: bool) -> None:
         if not isinstance(entry, dict) or not _is_int(entry.get("bytes")):
             raise _fail(root / MANIFEST, f"'files'[{name!r}] must have an integer 'bytes'")
         if not path.is_file():
-            raise _fail(path, "file is missing")
+            raise _fail(path, _not_a_file(path))
         size = path.stat().st_size
         if size != entry["bytes"]:
             raise _fail(
@@ -401,6 +401,13 @@ def _check_files(root: Path, files: Any, verify: bool) -> None:
             )
         if verify and _sha256(path) != entry.get("sha256"):
             raise _fail(path, "sha256 check failed: the file is corrupted or was modified")
+
+
+def _not_a_file(path: Path) -> str:
+    # Why ``path`` is not a regular file: missing, or something else in its place.
+    if not path.exists():
+        return "file is missing"
+    return "is a directory, not a file" if path.is_dir() else "is not a regular file"
 
 
 def _is_int(v: Any) -> bool:
@@ -627,7 +634,9 @@ def read_model_dir(path: str | Path, verify: bool = False) -> ModelDir:
     if not root.is_dir():
         raise InvalidModelError(f"model directory {root} does not exist or is not a directory")
     if not mpath.is_file():
-        raise _fail(mpath, "file is missing; is this a directory made by memrec-infer convert?")
+        raise _fail(
+            mpath, f"{_not_a_file(mpath)}; is this a directory made by memrec-infer convert?"
+        )
     try:
         m = json.loads(mpath.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:

@@ -114,6 +114,9 @@ def test_missing_file_refused(tmp_path):
     (d / "vocab.npy").unlink()
     with pytest.raises(InvalidModelError, match=r"vocab\.npy: file is missing"):
         read_model_dir(d)
+    (d / "vocab.npy").mkdir()
+    with pytest.raises(InvalidModelError, match=r"vocab\.npy: is a directory, not a file"):
+        read_model_dir(d)
 
 
 def test_missing_manifest_and_directory_refused(tmp_path):
