@@ -145,6 +145,17 @@ def test_output_holding_the_current_directory_refused(checkpoint, tmp_path, monk
     assert _tree(tmp_path) == before  # no ..old-* directory left behind
 
 
+def test_an_empty_output_is_refused_as_such(checkpoint, tmp_path, monkeypatch):
+    # Not as the current directory, which is what Path("") stands for.
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["convert", str(checkpoint), "-o", ""])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr == (
+        "Error: the output path is empty; name a directory, or leave -o out to write next to "
+        "the checkpoint\n"
+    )
+
+
 def _unmakeable_outputs(tmp_path):
     """Outputs whose directory cannot be made, with the reason the error must give."""
     (tmp_path / "file.txt").write_text("x")

@@ -14,7 +14,7 @@ from ..errors import MemrecError
 @click.option(
     "-o",
     "--output",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False),  # a str: Path("") would read as the current directory
     default=None,
     help="Model directory to create. Default: next to the checkpoint, named after it "
     "(model.pt -> model/).",
@@ -37,7 +37,7 @@ from ..errors import MemrecError
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
 def command(
-    checkpoint: Path, output: Path | None, force: bool, token_dtype: str, quiet: bool
+    checkpoint: Path, output: str | None, force: bool, token_dtype: str, quiet: bool
 ) -> None:
     """Convert a trained checkpoint into a self-contained model directory.
 
@@ -55,9 +55,15 @@ def command(
     from ..model_dir import table_footprint
     from ..token_dtype import manifest_token_dtype
 
+    if output == "":
+        raise click.ClickException(
+            "the output path is empty; name a directory, or leave -o out to write next to the "
+            "checkpoint"
+        )
     log = None if quiet else (lambda msg: click.echo(msg, err=True))
     try:
-        manifest = convert(checkpoint, output, force=force, log=log, token_dtype=token_dtype)
+        out = None if output is None else Path(output)
+        manifest = convert(checkpoint, out, force=force, log=log, token_dtype=token_dtype)
     except MemrecError as exc:
         raise click.ClickException(str(exc)) from exc
     if quiet:
