@@ -260,9 +260,37 @@ def iter_batches(
                 start += batch.num_rows
         except (OSError, pa.ArrowException) as exc:
             where = _bad_row_group(f, schema.names, start) or f"rows from row {start:,} on"
+            column = _bad_cast(f, schema)
             raise InputDataError(
-                f"{f.path}: cannot read {where} (the file has {f.num_rows:,} rows): {exc}"
+                f"{f.path}: cannot read {where} (the file has {f.num_rows:,} rows): "
+                + (f"{column}: " if column else "")
+                + str(exc)
             ) from exc
+
+
+def _bad_cast(f: InputFile, schema: pa.Schema) -> str | None:
+    """The first column of the file whose values do not fit the type the inputs share, e.g.
+    ``"column 'id' (uint64 in this file, int64 in the inputs)"``; None if every column fits.
+
+    Files of one input may store a column as different types (int32 in one, uint64 in another);
+    they are read as one type, and a value that does not fit fails the whole read. Only after a
+    failure, like ``_bad_row_group``.
+    """
+    try:
+        pf = pq.ParquetFile(f.path)
+        own = pf.schema_arrow
+        for field in schema:
+            i = own.get_field_index(field.name)
+            if i < 0 or own.field(i).type == field.type:
+                continue
+            try:
+                pf.read(columns=[field.name]).column(0).cast(field.type)
+            except pa.ArrowException:
+                types = f"{own.field(i).type} in this file, {field.type} in the inputs"
+                return f"column {field.name!r} ({types})"
+    except (OSError, pa.ArrowException):
+        return None
+    return None
 
 
 def _bad_row_group(f: InputFile, columns: Sequence[str], start: int) -> str | None:

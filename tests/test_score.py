@@ -173,6 +173,24 @@ def test_missing_and_mistyped_columns_are_named_before_scoring(flights_model, fl
     assert leftovers(tmp_path) == [] and not os.path.exists(tmp_path / "out.parquet")
 
 
+def test_a_value_that_does_not_fit_the_inputs_shared_type_names_its_column(
+    flights_model, flights_table, tmp_path
+):
+    # int32 in one file and uint64 in the other are read as int64: 2**63 + 5 does not fit.
+    t = flights_table.slice(0, 10)
+    pq.write_table(t, tmp_path / "a.parquet")
+    i = t.schema.get_field_index("flight")
+    big = t.set_column(i, "flight", pa.array([2**63 + 5] * 10, pa.uint64()))
+    pq.write_table(big, tmp_path / "b.parquet")
+    with pytest.raises(InputDataError) as err:
+        score_parquet(flights_model, [tmp_path], tmp_path / "out.parquet")
+    assert str(err.value).startswith(
+        f"{tmp_path / 'b.parquet'}: cannot read rows from row 0 on (the file has 10 rows): "
+        "column 'flight' (uint64 in this file, int64 in the inputs): "
+    )
+    assert leftovers(tmp_path) == [] and not os.path.exists(tmp_path / "out.parquet")
+
+
 def pc_cast_str(col):
     return col.cast(pa.string())
 
