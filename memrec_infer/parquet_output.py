@@ -11,9 +11,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import stat
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from types import TracebackType
 
 import pyarrow as pa
@@ -23,6 +26,27 @@ from .errors import OutputPathError
 
 _PART = "part-{:05d}.parquet"
 _PART_RE = re.compile(r"part-\d{5,}\.parquet")
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back until the block is done, then delivered (main thread only:
+    elsewhere Python runs no signal handlers anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    handlers = {s: signal.signal(s, lambda n, _: held.append(n)) for s in _DEFERRED}
+    try:
+        yield
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        if held:
+            signal.raise_signal(held[0])
+
+
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
 
 
 def _is_our_partitioned_output(path: str) -> bool:
@@ -214,14 +238,21 @@ class ScoresWriter:
         self._writer = None
         if self.partitioned and os.path.lexists(self.path):
             # A directory cannot be replaced atomically while it exists: move it aside first,
-            # so the new scores are in place before the old ones are deleted.
+            # so the new scores are in place before the old ones are deleted. Ctrl-C or SIGTERM
+            # between the two renames would leave neither under the output's name.
             old = self.temp + ".old"
-            os.replace(self.path, old)
-            os.replace(self.temp, self.path)
-            if os.path.isdir(old):
-                shutil.rmtree(old)
-            else:
-                os.remove(old)
+            with _signals_deferred():
+                os.replace(self.path, old)
+                try:
+                    os.replace(self.temp, self.path)
+                except OSError:
+                    os.replace(old, self.path)  # the old output back where it was
+                    raise
+                self._committed = True
+                if os.path.isdir(old):
+                    shutil.rmtree(old)
+                else:
+                    os.remove(old)
         else:
             os.replace(self.temp, self.path)
         self._committed = True

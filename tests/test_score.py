@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import stat
 import threading
 import time
@@ -444,6 +445,31 @@ def test_partitioned_output_and_force_replaces_parts(flights_model, flights_tabl
     assert got.column("flight").to_pylist() == t.column("flight").to_pylist()
     score_parquet(flights_model, [tmp_path / "in.parquet"], out, partitioned=True, force=True)
     assert os.listdir(out) == ["part-00000.parquet"] and leftovers(tmp_path) == []
+
+
+def test_ctrl_c_while_a_partitioned_output_is_replaced_leaves_one_output(
+    flights_model, flights_table, tmp_path, monkeypatch
+):
+    # The old parts are moved aside, then the new ones into place: Ctrl-C in between waits
+    # for both renames (and the old parts' removal), then interrupts.
+    import memrec_infer.parquet_output as po
+
+    pq.write_table(flights_table.slice(0, 300), tmp_path / "in.parquet")
+    out = tmp_path / "out"
+    score_parquet(flights_model, [tmp_path / "in.parquet"], out, partitioned=True)
+    real = os.replace
+
+    def replace_then_ctrl_c(src, dst):
+        real(src, dst)
+        if str(dst).endswith(".old"):
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(po.os, "replace", replace_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        score_parquet(flights_model, [tmp_path / "in.parquet"], out, partitioned=True,
+                      force=True, batch_size=100, part_rows=100)  # fmt: skip
+    assert sorted(os.listdir(out)) == [f"part-0000{i}.parquet" for i in range(3)]
+    assert sorted(os.listdir(tmp_path)) == ["in.parquet", "out"]
 
 
 def test_interrupted_run_leaves_no_output(flights_model, flights_table, tmp_path):
