@@ -46,92 +46,69 @@ def _valid(bits, j):
 
 
 @numba.njit(inline="always", **JIT)
-def _int_ids(addr, dtype, bits, off, n, out):
-    # Integers as ids: widened to int64 (uint64 values >= 2**63 wrap, as the spec says).
+def _numbers(addr, dtype, bits, off, n, ids, dense, col, fill):
+    # A column of numbers: as ids if ``ids`` has room (integers widened to int64, uint64 values
+    # >= 2**63 wrapping, as the spec says; null -> NULL_ID), and as dense feature ``col`` if it
+    # is one (a C cast to float32: nearest, beyond float32's range -> inf; null, NaN -> fill).
     vals = numba.carray(address_as_pointer(addr, dtype), off + n)
     for i in range(n):
-        out[i] = np.int64(vals[off + i]) if _valid(bits, off + i) else NULL_ID
+        valid = _valid(bits, off + i)
+        if ids.shape[0]:
+            ids[i] = np.int64(vals[off + i]) if valid else NULL_ID
+        if col >= 0:
+            v = np.float32(vals[off + i]) if valid else fill
+            dense[i, col] = fill if v != v else v
 
 
 @numba.njit(inline="always", **JIT)
-def _string_ids(addr, otype, data_addr, bits, off, n, out):
+def _string_ids(addr, otype, data_addr, bits, off, n, ids):
     offsets = numba.carray(address_as_pointer(addr, otype), off + n + 1)
     size = max(np.int64(offsets[off + n]), np.int64(0)) if data_addr != 0 else 0
     data = numba.carray(address_as_pointer(data_addr, np.uint8), size)
     for i in range(n):
         j = off + i
-        out[i] = bytes_id(data, offsets[j], offsets[j + 1]) if _valid(bits, j) else NULL_ID
+        ids[i] = bytes_id(data, offsets[j], offsets[j + 1]) if _valid(bits, j) else NULL_ID
 
 
 @numba.njit(inline="always", **JIT)
-def _dense(addr, dtype, bits, off, n, fill, out, col):
-    # One dense column as float32 (a C cast: nearest, beyond float32's range -> inf); null and
-    # NaN -> ``fill``.
-    vals = numba.carray(address_as_pointer(addr, dtype), off + n)
-    for i in range(n):
-        v = np.float32(vals[off + i]) if _valid(bits, off + i) else fill
-        out[i, col] = fill if v != v else v
-
-
-@numba.njit(inline="always", **JIT)
-def _column_ids(code, data, chars, bits, off, n, out):
-    if code == I8:
-        _int_ids(data, np.int8, bits, off, n, out)
+def _read(code, buffers, bits, off, n, ids, dense, col, fill):
+    # One column, by its type code (``_numbers``, ``_string_ids``).
+    if code == STR32:
+        _string_ids(buffers[1], np.int32, buffers[2], bits, off, n, ids)
+    elif code == STR64:
+        _string_ids(buffers[1], np.int64, buffers[2], bits, off, n, ids)
+    elif code == I8:
+        _numbers(buffers[1], np.int8, bits, off, n, ids, dense, col, fill)
     elif code == I16:
-        _int_ids(data, np.int16, bits, off, n, out)
+        _numbers(buffers[1], np.int16, bits, off, n, ids, dense, col, fill)
     elif code == I32:
-        _int_ids(data, np.int32, bits, off, n, out)
+        _numbers(buffers[1], np.int32, bits, off, n, ids, dense, col, fill)
     elif code == I64:
-        _int_ids(data, np.int64, bits, off, n, out)
+        _numbers(buffers[1], np.int64, bits, off, n, ids, dense, col, fill)
     elif code == U8:
-        _int_ids(data, np.uint8, bits, off, n, out)
+        _numbers(buffers[1], np.uint8, bits, off, n, ids, dense, col, fill)
     elif code == U16:
-        _int_ids(data, np.uint16, bits, off, n, out)
+        _numbers(buffers[1], np.uint16, bits, off, n, ids, dense, col, fill)
     elif code == U32:
-        _int_ids(data, np.uint32, bits, off, n, out)
+        _numbers(buffers[1], np.uint32, bits, off, n, ids, dense, col, fill)
     elif code == U64:
-        _int_ids(data, np.uint64, bits, off, n, out)
-    elif code == STR32:
-        _string_ids(data, np.int32, chars, bits, off, n, out)
-    else:
-        _string_ids(data, np.int64, chars, bits, off, n, out)
-
-
-@numba.njit(inline="always", **JIT)
-def _dense_column(code, data, bits, off, n, fill, out, col):
-    if code == I8:
-        _dense(data, np.int8, bits, off, n, fill, out, col)
-    elif code == I16:
-        _dense(data, np.int16, bits, off, n, fill, out, col)
-    elif code == I32:
-        _dense(data, np.int32, bits, off, n, fill, out, col)
-    elif code == I64:
-        _dense(data, np.int64, bits, off, n, fill, out, col)
-    elif code == U8:
-        _dense(data, np.uint8, bits, off, n, fill, out, col)
-    elif code == U16:
-        _dense(data, np.uint16, bits, off, n, fill, out, col)
-    elif code == U32:
-        _dense(data, np.uint32, bits, off, n, fill, out, col)
-    elif code == U64:
-        _dense(data, np.uint64, bits, off, n, fill, out, col)
+        _numbers(buffers[1], np.uint64, bits, off, n, ids, dense, col, fill)
     elif code == F32:
-        _dense(data, np.float32, bits, off, n, fill, out, col)
+        _numbers(buffers[1], np.float32, bits, off, n, ids, dense, col, fill)
     else:
-        _dense(data, np.float64, bits, off, n, fill, out, col)
+        _numbers(buffers[1], np.float64, bits, off, n, ids, dense, col, fill)
 
 
 @numba.njit(**JIT)
-def prep_one_hot(batch, cols, dense_cols, fill, features, feature_cols, dense, values):
+def prep_one_hot(batch, cols, fill, features, feature_cols, dense, values):
     """Dense matrix and ids of an exported record batch whose sparse features are all one-hot.
 
     Parameters
     ----------
     batch : int64, the address of the batch's ``struct ArrowArray`` (alive for the call)
-    cols : int64 [C, 3], per column read: (child index in the batch, type code, 1 if its ids
-        are needed)
-    dense_cols : int64 [n_dense], the column (row of ``cols``) of each dense feature
-    fill : float32 [n_dense], the value of a null or NaN
+    cols : int64 [C, 4], per column read: (child index in the batch, type code, 1 if its ids
+        are needed, the dense feature it is or -1)
+    fill : float32 [n_dense], each dense feature's value for a null or NaN
     features : int64 [F, 2], per sparse feature: (first entry in ``feature_cols``, columns);
         one column: its ids; more: their cross
     feature_cols : int64, columns (rows of ``cols``) of the features, in cross order
@@ -149,8 +126,9 @@ def prep_one_hot(batch, cols, dense_cols, fill, features, feature_cols, dense, v
         return BAD_LAYOUT
     children = _words(top[_CHILDREN], top[_NCHILD])
     ids = np.empty((cols.shape[0], n), np.int64)
+    fill0 = np.float32(0)
     for c in range(cols.shape[0]):
-        child, code = cols[c, 0], cols[c, 1]
+        child, code, col = cols[c, 0], cols[c, 1], cols[c, 3]
         if child >= children.shape[0]:
             return BAD_LAYOUT
         arr = _words(children[child], ARRAY_WORDS)
@@ -162,11 +140,8 @@ def prep_one_hot(batch, cols, dense_cols, fill, features, feature_cols, dense, v
         # No validity bitmap (or no nulls): every value valid.
         nbits = (off + n + 7) >> 3 if arr[_NULLS] != 0 and buffers[0] != 0 else 0
         bits = numba.carray(address_as_pointer(buffers[0], np.uint8), nbits)
-        if cols[c, 2]:
-            _column_ids(code, buffers[1], buffers[2] if nbuf == 3 else 0, bits, off, n, ids[c])
-        for j in range(dense_cols.shape[0]):
-            if dense_cols[j] == c:
-                _dense_column(code, buffers[1], bits, off, n, fill[j], dense, j)
+        out = ids[c] if cols[c, 2] else ids[c, :0]
+        _read(code, buffers, bits, off, n, out, dense, col, fill[col] if col >= 0 else fill0)
     for f in range(features.shape[0]):
         first, count = features[f, 0], features[f, 1]
         dst = values[f * n : (f + 1) * n]

@@ -80,7 +80,6 @@ def _release(arr: _ArrowArray) -> None:
 _SIGNATURE = (
     numba.int64,
     numba.types.Array(numba.int64, 2, "C"),
-    numba.types.Array(numba.int64, 1, "C"),
     numba.types.Array(numba.float32, 1, "C"),
     numba.types.Array(numba.int64, 2, "C"),
     numba.types.Array(numba.int64, 1, "C"),
@@ -101,13 +100,11 @@ class FusedPrep:
     def __init__(
         self,
         cols: np.ndarray,
-        dense_cols: np.ndarray,
         fill: np.ndarray,
         features: np.ndarray,
         feature_cols: np.ndarray,
     ) -> None:
         self._cols = cols
-        self._dense_cols = dense_cols
         self._fill = fill
         self._features = features
         self._feature_cols = feature_cols
@@ -142,15 +139,15 @@ class FusedPrep:
             features.append((len(feature_cols), len(used)))
             feature_cols += [index[c] for c in used]
             needs_ids.update(used)
+        dense_of = {d["name"]: j for j, d in enumerate(dense)}
         cols = []
         for c, pos in zip(columns, positions, strict=True):
             code = _CODES.get(schema.field(pos).type.id)
             if code is None:
                 return None
-            cols.append((pos, code, c in needs_ids))
+            cols.append((pos, code, c in needs_ids, dense_of.get(c, -1)))
         return cls(
-            np.array(cols, np.int64).reshape(-1, 3),
-            np.array([index[d["name"]] for d in dense], np.int64),
+            np.array(cols, np.int64).reshape(-1, 4),
             np.array([d.get("fill", 0.0) for d in dense], np.float32),
             np.array(features, np.int64).reshape(-1, 2),
             np.array(feature_cols, np.int64),
@@ -160,14 +157,14 @@ class FusedPrep:
         """The raw dense matrix (nulls and NaN filled, not yet transformed) and the one-hot
         ids ``[F * B]`` of ``batch``; None if its layout is not the expected one."""
         n = batch.num_rows
-        dense = np.empty((n, self._dense_cols.shape[0]), np.float32)
+        dense = np.empty((n, self._fill.shape[0]), np.float32)
         values = np.empty(self._features.shape[0] * n, np.int64)
         arr = _ArrowArray()
         batch._export_to_c(ctypes.addressof(arr))
         try:
             status = k.prep_one_hot(
-                ctypes.addressof(arr), self._cols, self._dense_cols, self._fill,
-                self._features, self._feature_cols, dense, values,
+                ctypes.addressof(arr), self._cols, self._fill, self._features,
+                self._feature_cols, dense, values,
             )  # fmt: skip
         finally:
             _release(arr)
