@@ -46,14 +46,14 @@ def _valid(bits, j):
 
 
 @numba.njit(inline="always", **JIT)
-def _numbers(addr, dtype, bits, off, n, ids, dense, col, fill):
-    # A column of numbers: as ids if ``ids`` has room (integers widened to int64, uint64 values
+def _numbers(addr, dtype, bits, off, n, want_ids, ids, dense, col, fill):
+    # A column of numbers: as ids if ``want_ids`` (integers widened to int64, uint64 values
     # >= 2**63 wrapping, as the spec says; null -> NULL_ID), and as dense feature ``col`` if it
     # is one (a C cast to float32: nearest, beyond float32's range -> inf; null, NaN -> fill).
     vals = numba.carray(address_as_pointer(addr, dtype), off + n)
     for i in range(n):
         valid = _valid(bits, off + i)
-        if ids.shape[0]:
+        if want_ids:
             ids[i] = np.int64(vals[off + i]) if valid else NULL_ID
         if col >= 0:
             v = np.float32(vals[off + i]) if valid else fill
@@ -71,32 +71,33 @@ def _string_ids(addr, otype, data_addr, bits, off, n, ids):
 
 
 @numba.njit(inline="always", **JIT)
-def _read(code, buffers, bits, off, n, ids, dense, col, fill):
-    # One column, by its type code (``_numbers``, ``_string_ids``).
+def _read(code, buffers, bits, off, n, want_ids, ids, dense, col, fill):
+    # One column, by its type code: its ids into ``ids`` if ``want_ids``, and dense feature
+    # ``col`` of ``dense`` if ``col >= 0`` (``_numbers``; a string column is never dense).
     if code == STR32:
         _string_ids(buffers[1], np.int32, buffers[2], bits, off, n, ids)
     elif code == STR64:
         _string_ids(buffers[1], np.int64, buffers[2], bits, off, n, ids)
     elif code == I8:
-        _numbers(buffers[1], np.int8, bits, off, n, ids, dense, col, fill)
+        _numbers(buffers[1], np.int8, bits, off, n, want_ids, ids, dense, col, fill)
     elif code == I16:
-        _numbers(buffers[1], np.int16, bits, off, n, ids, dense, col, fill)
+        _numbers(buffers[1], np.int16, bits, off, n, want_ids, ids, dense, col, fill)
     elif code == I32:
-        _numbers(buffers[1], np.int32, bits, off, n, ids, dense, col, fill)
+        _numbers(buffers[1], np.int32, bits, off, n, want_ids, ids, dense, col, fill)
     elif code == I64:
-        _numbers(buffers[1], np.int64, bits, off, n, ids, dense, col, fill)
+        _numbers(buffers[1], np.int64, bits, off, n, want_ids, ids, dense, col, fill)
     elif code == U8:
-        _numbers(buffers[1], np.uint8, bits, off, n, ids, dense, col, fill)
+        _numbers(buffers[1], np.uint8, bits, off, n, want_ids, ids, dense, col, fill)
     elif code == U16:
-        _numbers(buffers[1], np.uint16, bits, off, n, ids, dense, col, fill)
+        _numbers(buffers[1], np.uint16, bits, off, n, want_ids, ids, dense, col, fill)
     elif code == U32:
-        _numbers(buffers[1], np.uint32, bits, off, n, ids, dense, col, fill)
+        _numbers(buffers[1], np.uint32, bits, off, n, want_ids, ids, dense, col, fill)
     elif code == U64:
-        _numbers(buffers[1], np.uint64, bits, off, n, ids, dense, col, fill)
+        _numbers(buffers[1], np.uint64, bits, off, n, want_ids, ids, dense, col, fill)
     elif code == F32:
-        _numbers(buffers[1], np.float32, bits, off, n, ids, dense, col, fill)
+        _numbers(buffers[1], np.float32, bits, off, n, want_ids, ids, dense, col, fill)
     else:
-        _numbers(buffers[1], np.float64, bits, off, n, ids, dense, col, fill)
+        _numbers(buffers[1], np.float64, bits, off, n, want_ids, ids, dense, col, fill)
 
 
 @numba.njit(**JIT)
@@ -107,7 +108,7 @@ def prep_one_hot(batch, cols, fill, features, feature_cols, dense, values):
     ----------
     batch : int64, the address of the batch's ``struct ArrowArray`` (alive for the call)
     cols : int64 [C, 4], per column read: (child index in the batch, type code, 1 if its ids
-        are needed, the dense feature it is or -1)
+        are needed, the dense feature it is or -1; a column is at most one dense feature)
     fill : float32 [n_dense], each dense feature's value for a null or NaN
     features : int64 [F, 2], per sparse feature: (first entry in ``feature_cols``, columns);
         one column: its ids; more: their cross
@@ -126,7 +127,6 @@ def prep_one_hot(batch, cols, fill, features, feature_cols, dense, values):
         return BAD_LAYOUT
     children = _words(top[_CHILDREN], top[_NCHILD])
     ids = np.empty((cols.shape[0], n), np.int64)
-    fill0 = np.float32(0)
     for c in range(cols.shape[0]):
         child, code, col = cols[c, 0], cols[c, 1], cols[c, 3]
         if child >= children.shape[0]:
@@ -140,8 +140,8 @@ def prep_one_hot(batch, cols, fill, features, feature_cols, dense, values):
         # No validity bitmap (or no nulls): every value valid.
         nbits = (off + n + 7) >> 3 if arr[_NULLS] != 0 and buffers[0] != 0 else 0
         bits = numba.carray(address_as_pointer(buffers[0], np.uint8), nbits)
-        out = ids[c] if cols[c, 2] else ids[c, :0]
-        _read(code, buffers, bits, off, n, out, dense, col, fill[col] if col >= 0 else fill0)
+        value_fill = fill[col] if col >= 0 else np.float32(0)
+        _read(code, buffers, bits, off, n, cols[c, 2] != 0, ids[c], dense, col, value_fill)
     for f in range(features.shape[0]):
         first, count = features[f, 0], features[f, 1]
         dst = values[f * n : (f + 1) * n]

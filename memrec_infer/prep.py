@@ -38,6 +38,16 @@ SPARSE_DTYPES = ("int", "string", "cross")
 Batch = pa.Table | pa.RecordBatch | Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class _CheckedSchema:
+    """An Arrow schema checked against the model: its columns' positions, and the one-call
+    program for it (``fused_prep``), if it has one."""
+
+    schema: pa.Schema
+    index: list[int]
+    fused: FusedPrep | None
+
+
 @dataclass
 class PreparedBatch:
     """The model's inputs for one batch of ``num_rows`` rows."""
@@ -192,9 +202,10 @@ class FeaturePrep:
         self._scale[self._standard] = [self.dense[i]["std"] for i in self._standard]
         self._columns = self._all_columns()
         self._feature_starts = np.arange(len(self.sparse), dtype=np.int64)
-        self._checked: pa.Schema | None = None
-        self._checked_index: list[int] = []  # the columns' positions in ``self._checked``
-        self._fused: FusedPrep | None = None  # the one-call path for ``self._checked``, if any
+        # The Arrow schema last checked, with what was derived from it. One object, replaced
+        # whole: threads sharing this prep must never pair one schema with another's positions
+        # or program (the one-call kernel would read one column type as another).
+        self._checked: _CheckedSchema | None = None
         self._checked_signature: tuple | None = None
 
     @property
@@ -236,21 +247,18 @@ class FeaturePrep:
             schema = batch.schema
             # Batches of one stream share a schema: check it once, not on every call, and find
             # its columns by position (by name, Arrow searches the schema every time).
-            if self._checked is None or not (
-                schema is self._checked or schema.equals(self._checked)
-            ):
+            checked = self._checked
+            if checked is None or not (schema is checked.schema or schema.equals(checked.schema)):
                 self.check_schema(schema)
-                self._checked = schema
-                self._checked_index = [schema.get_field_index(c) for c in self._columns]
-                self._fused = FusedPrep.for_schema(
-                    self.dense, self.sparse, schema, self._columns, self._checked_index
-                )
+                index = [schema.get_field_index(c) for c in self._columns]
+                fused = FusedPrep.for_schema(self.dense, self.sparse, schema, self._columns, index)
+                checked = self._checked = _CheckedSchema(schema, index, fused)
             n = batch.num_rows
-            if self._fused is not None and 0 < n < _FUSED_MAX_ROWS:
-                fused = self._prepare_fused(batch, n)
-                if fused is not None:
-                    return fused
-            columns = _arrow_columns(batch, self._columns, self._checked_index)
+            if checked.fused is not None and 0 < n < _FUSED_MAX_ROWS:
+                prepared = self._prepare_fused(checked.fused, batch, n)
+                if prepared is not None:
+                    return prepared
+            columns = _arrow_columns(batch, self._columns, checked.index)
         else:
             batch = _DictColumns(batch, self._columns)
             if batch.signature != self._checked_signature:
@@ -285,7 +293,9 @@ class FeaturePrep:
             base += len(ids)
         return PreparedBatch(num_rows=n, dense=dense, values=values, offsets=offsets)
 
-    def _prepare_fused(self, batch: pa.Table | pa.RecordBatch, n: int) -> PreparedBatch | None:
+    def _prepare_fused(
+        self, fused: FusedPrep, batch: pa.Table | pa.RecordBatch, n: int
+    ) -> PreparedBatch | None:
         # The whole batch in one kernel call (``fused_prep``); None sends it down the
         # per-column path: a table of several chunks, an unexpected layout, or a value that
         # is not finite (which that path names).
@@ -294,7 +304,7 @@ class FeaturePrep:
             if len(parts) != 1:
                 return None
             batch = parts[0]
-        got = self._fused(batch)
+        got = fused(batch)
         if got is None:
             return None
         dense, values = got
@@ -348,7 +358,16 @@ class FeaturePrep:
         row, j = (int(i) for i in np.argwhere(~np.isfinite(dense))[0])
         d = self.dense[j]
         raw = columns[d["name"]][row]
-        value = float(raw.as_py() if isinstance(raw, pa.Scalar) else raw)
+        raw = raw.as_py() if isinstance(raw, pa.Scalar) else raw
+        if raw is None or math.isnan(float(raw)):
+            # The fill the model gives a null (or NaN), which its transform makes infinite.
+            raise BadValueError(
+                row,
+                f"column {d['name']!r} (dense) is null, and the model's fill for it, "
+                f"{d.get('fill', 0.0):g}, its {d['transform']} transform makes {dense[row, j]}; "
+                "expected a number here (or a model whose fill is finite after its transform)",
+            )
+        value = float(raw)
         if not math.isfinite(value):
             what = f"{value}"
         elif not float32_finite(value):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+import sys
+import threading
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from memrec_infer import fused_prep
@@ -258,7 +261,7 @@ def both_paths(prep, batch, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(FeaturePrep, "_prepare_fused", lambda *a: took.append(real(*a)) or took[-1])
         fused = prep(batch)
-    assert prep._fused is not None and took and took[0] is fused
+    assert prep._checked.fused is not None and took and took[0] is fused
     with monkeypatch.context() as m:
         m.setattr(fused_prep.FusedPrep, "for_schema", classmethod(lambda *a: None))
         plain = FeaturePrep(prep.dense, prep.sparse)(batch)
@@ -323,6 +326,82 @@ def test_one_call_prep_matches_per_column_for_every_type(t, monkeypatch, prep_pa
         assert_same_bits(*both_paths(prep, batch, monkeypatch))
 
 
+def test_one_call_prep_of_parquet_ipc_and_unknown_null_counts(monkeypatch, prep_path, tmp_path):
+    # Batches as a Parquet reader and an IPC stream hand them over, and arrays whose null
+    # count Arrow has not counted yet (-1: the kernel reads the bitmap).
+    one_call_only(prep_path)
+    rng = np.random.default_rng(11)
+    table = pa.table(
+        {
+            "s": random_column(rng, pa.string(), 700),
+            "i": random_column(rng, pa.int64(), 700),
+            "f": random_column(rng, pa.float32(), 700),
+        }
+    )
+    prep = FeaturePrep([{**DENSE[2], "name": "f"}], [one_hot("s", "string"), one_hot("i")])
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=300)
+    for batch in pq.ParquetFile(tmp_path / "t.parquet").iter_batches(batch_size=256):
+        assert_same_bits(*both_paths(prep, batch, monkeypatch))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=200)
+    for batch in pa.ipc.open_stream(sink.getvalue()):
+        assert_same_bits(*both_paths(prep, batch, monkeypatch))
+    uncounted = {
+        name: pa.Array.from_buffers(col.type, len(col), col.chunk(0).buffers(), null_count=-1)
+        for name, col in zip(table.column_names, table.columns, strict=True)
+    }
+    assert_same_bits(*both_paths(prep, pa.record_batch(uncounted), monkeypatch))
+
+
+def test_a_column_read_as_two_dense_features_goes_column_by_column(prep_path):
+    dense = [{**DENSE[0], "name": "a"}, {**DENSE[1], "name": "a"}]
+    pb = FeaturePrep(dense, [])(pa.table({"a": [1.0, 2.0, None]}))
+    np.testing.assert_array_equal(pb.dense, np.array([[1, np.log1p(1)], [2, np.log1p(2)],
+                                                      [-1, 0]], np.float32))  # fmt: skip
+
+
+def test_threads_sharing_a_prep_over_two_schemas_get_their_own_columns(prep_path):
+    # A prep shared by threads whose batches alternate between two schemas (int8 and int64
+    # columns swapped): no thread may run one schema's program, or positions, on the other.
+    dense = [{**DENSE[0], "name": "a"}, {**DENSE[0], "name": "c"}]
+    prep = FeaturePrep(dense, [one_hot("a"), one_hot("c")])
+    rng = np.random.default_rng(12)
+    small, big = rng.integers(-100, 100, 64), rng.integers(-(2**40), 2**40, 64)
+    batches = [
+        pa.record_batch({"a": pa.array(small, pa.int8()), "c": pa.array(big, pa.int64())}),
+        pa.record_batch({"a": pa.array(big, pa.int64()), "c": pa.array(small, pa.int8())}),
+    ]
+    want = [FeaturePrep(dense, [one_hot("a"), one_hot("c")])(b) for b in batches]
+    wrong = []
+
+    def work(k):
+        for _ in range(1500):
+            got = prep(batches[k])
+            if not np.array_equal(got.values, want[k].values):
+                wrong.append(k)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=work, args=(k,)) for k in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert wrong == []
+
+
+def test_a_null_whose_fill_its_transform_makes_infinite_is_named(prep_path):
+    prep = FeaturePrep([{**DENSE[2], "fill": 3e38, "std": 1e-3}], [])
+    with pytest.raises(BadValueError, match=r"column 'c' \(dense\) is null, and the model's fill "
+                       r"for it, 3e\+38, its standard transform makes inf") as info:  # fmt: skip
+        prep(pa.table({"c": pa.array([1.0, None])}))
+    assert info.value.row == 1
+
+
 def test_one_call_prep_batches_of_a_stream_and_columns_in_any_order(monkeypatch, prep_path):
     # Record batches of one file, their columns in another order than the model's, one
     # column feeding a dense feature and a sparse one.
@@ -354,7 +433,7 @@ def test_other_types_and_multi_hot_go_column_by_column(column, feature, prep_pat
     dense = [] if feature else [{**DENSE[0], "name": "x"}]
     prep = FeaturePrep(dense, [feature] if feature else [])
     prep(pa.table({"x": column}))
-    assert prep._fused is None
+    assert prep._checked.fused is None
 
 
 def test_large_batches_and_chunked_tables_go_column_by_column(monkeypatch, prep_path):
@@ -378,4 +457,4 @@ def test_one_call_prep_leaves_a_value_it_cannot_take_to_the_per_column_path(prep
     prep = FeaturePrep(DENSE[:1], [])
     with pytest.raises(BadValueError, match="beyond float32's range") as info:
         prep(pa.table({"a": pa.array([1.0, 1e300])}))
-    assert prep._fused is not None and info.value.row == 1
+    assert prep._checked.fused is not None and info.value.row == 1
