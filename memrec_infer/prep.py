@@ -363,7 +363,8 @@ class FeaturePrep:
             # The fill the model gives a null (or NaN), which its transform makes infinite.
             raise BadValueError(
                 row,
-                f"column {d['name']!r} (dense) is null, and the model's fill for it, "
+                f"column {d['name']!r} (dense) is {'null' if raw is None else 'NaN'}, and the "
+                "model's fill for it, "
                 f"{d.get('fill', 0.0):g}, its {d['transform']} transform makes {dense[row, j]}; "
                 "expected a number here (or a model whose fill is finite after its transform)",
             )
