@@ -18,6 +18,7 @@ categorical value becomes ``NULL_ID``; a null list is an empty bag; a null insid
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ import pyarrow.compute as pc
 
 from .errors import BadValueError, SchemaMismatchError
 from .fused_prep import MAX_ROWS as _FUSED_MAX_ROWS
-from .fused_prep import FusedPrep
+from .fused_prep import NUMPY_CODES, FusedPrep
 from .kernels.ids import NULL_ID, cross_ids, string_ids
 from .spec import float32_finite
 
@@ -207,6 +208,8 @@ class FeaturePrep:
         # or program (the one-call kernel would read one column type as another).
         self._checked: _CheckedSchema | None = None
         self._checked_signature: tuple | None = None
+        # A dict of NumPy columns: their dtypes, checked, and the one-call program for them.
+        self._checked_numpy: tuple[tuple, FusedPrep | None] | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -260,6 +263,9 @@ class FeaturePrep:
                     return prepared
             columns = _arrow_columns(batch, self._columns, checked.index)
         else:
+            prepared = self._prepare_numpy(batch)
+            if prepared is not None:
+                return prepared
             batch = _DictColumns(batch, self._columns)
             if batch.signature != self._checked_signature:
                 self.check_schema(batch.schema())
@@ -304,7 +310,45 @@ class FeaturePrep:
             if len(parts) != 1:
                 return None
             batch = parts[0]
-        got = fused(batch)
+        return self._finish_fused(fused(batch), n)
+
+    def _prepare_numpy(self, batch: Any) -> PreparedBatch | None:
+        # A dict whose every column the model reads is a 1-D C-contiguous NumPy array of a type
+        # the kernel reads, of fewer than MAX_ROWS rows: the whole batch in one kernel call as
+        # well (13 float and 26 integer columns, batch 1: 141 -> 65 us). None: column by column.
+        if not isinstance(batch, Mapping):
+            return None
+        arrays = []
+        for c in self._columns:
+            a = batch.get(c)
+            if type(a) is not np.ndarray or a.ndim != 1 or not a.flags.c_contiguous:
+                return None
+            arrays.append(a)
+        lengths = set(map(len, arrays))
+        n = lengths.pop() if len(lengths) == 1 else 0
+        if not 0 < n < _FUSED_MAX_ROWS:
+            return None
+        dtypes = tuple(map(_DTYPE, arrays))
+        checked = self._checked_numpy
+        if checked is None or checked[0] != dtypes:
+            if not all(t in NUMPY_CODES for t in dtypes):
+                return None
+            schema = pa.schema(
+                [(c, pa.from_numpy_dtype(t)) for c, t in zip(self._columns, dtypes, strict=True)]
+            )
+            self.check_schema(schema)
+            positions = list(range(len(arrays)))
+            fused = FusedPrep.for_schema(self.dense, self.sparse, schema, self._columns, positions)
+            checked = self._checked_numpy = (dtypes, fused)
+        if checked[1] is None:
+            return None
+        return self._finish_fused(checked[1].numpy_columns(arrays, n), n)
+
+    def _finish_fused(
+        self, got: tuple[np.ndarray, np.ndarray] | None, n: int
+    ) -> PreparedBatch | None:
+        # The one-call path's raw dense matrix and ids, transformed and laid out; None (go
+        # column by column) if the kernel refused the layout or a value is not finite.
         if got is None:
             return None
         dense, values = got
@@ -452,6 +496,8 @@ def _dict_column(name: str, v: Any) -> pa.Array | np.ndarray:
             return v
     return pa.array(v)
 
+
+_DTYPE = operator.attrgetter("dtype")
 
 # A batch's columns by name: Arrow arrays, or NumPy arrays of numbers from a dict batch.
 _Columns = dict[str, pa.Array | np.ndarray]
