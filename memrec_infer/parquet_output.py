@@ -121,7 +121,7 @@ def check_output(output: str, *, partitioned: bool, force: bool) -> str:
     return path
 
 
-def check_not_input(path: str, inputs: Sequence[str]) -> None:
+def check_not_input(path: str, inputs: Sequence[str], what: str = "the scores") -> None:
     """Refuse an output that is one of the input files or a directory above one: replacing it
     (``force``) would destroy the rows being scored.
 
@@ -135,7 +135,7 @@ def check_not_input(path: str, inputs: Sequence[str]) -> None:
         real = os.path.realpath(item)
         if real == target or real.startswith(target + os.sep):
             raise OutputPathError(
-                f"{path}: the output would replace the input {item}; write the scores elsewhere"
+                f"{path}: the output would replace the input {item}; write {what} elsewhere"
             )
 
 

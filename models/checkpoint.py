@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from memrec_infer.errors import CheckpointError
+from memrec_infer.errors import CheckpointError, OutputPathError
 from memrec_infer.prep import Batch, FeaturePrep, PreparedBatch
 
 from .dlrm import DLRM, build_dlrm
@@ -58,7 +58,12 @@ def save_checkpoint(model: DLRM, config: Mapping[str, Any], path: str | os.PathL
     config : dict
         The checkpoint config (``docs/checkpoint.md``), plain Python types only.
     path : str or PathLike
-        The ``.pt`` file to write (overwritten if it exists).
+        The ``.pt`` file to write (replaced if it exists, only once the new one is complete).
+
+    Raises
+    ------
+    memrec_infer.errors.OutputPathError
+        The file cannot be written (a missing directory, a full disk).
     """
     config = dict(config)
     _check_plain(config, "config")
@@ -72,7 +77,20 @@ def save_checkpoint(model: DLRM, config: Mapping[str, Any], path: str | os.PathL
         "config": config,
         "state_dict": state,
     }
-    torch.save(checkpoint, os.fspath(path))
+    # Under a temporary name in the same directory, renamed into place once complete: a full
+    # disk or a Ctrl-C leaves no half-written checkpoint (nor a damaged old one).
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    temp = os.path.join(folder, f".{name}.tmp-{os.getpid()}")
+    try:
+        torch.save(checkpoint, temp)
+        os.replace(temp, path)
+    except BaseException as exc:
+        if os.path.lexists(temp):
+            os.remove(temp)
+        if isinstance(exc, (OSError, RuntimeError)):  # torch reports a short write as RuntimeError
+            raise OutputPathError(f"{path}: cannot write the checkpoint: {exc}") from exc
+        raise
 
 
 class TorchModel:

@@ -87,6 +87,45 @@ def _read(data: str | os.PathLike | pa.Table, what: str) -> pa.Table:
         ) from exc
 
 
+def _check_settings(**settings: Any) -> None:
+    # Numbers a run cannot train with (--epochs 0 wrote an untrained model, --lr nan a broken
+    # one, --batch-size 0 ended in a traceback), named as the command line names them.
+    problems = []
+    for name, v in settings.items():
+        if v is None:
+            continue
+        if name in ("lr", "compression"):
+            low = 1 if name == "compression" else 0
+            if not (math.isfinite(v) and (v >= low if low else v > 0)):
+                problems.append(
+                    f"--{name} must be a finite number {'>= 1' if low else '> 0'}, got {v}"
+                )
+        elif v < (0 if name == "seed" else 1):
+            problems.append(
+                f"--{name.replace('_', '-')} must be >= {0 if name == 'seed' else 1}, got {v}"
+            )
+    if problems:
+        raise MemrecError("; ".join(problems))
+
+
+def _check_names(label: str, dense: Sequence[str], sparse: Sequence[str]) -> None:
+    # The label is not a feature, and no feature is named twice: else the model would learn
+    # the label itself (valid AUC 1.0), or convert would refuse the checkpoint afterwards.
+    crosses = [[c.strip() for c in s.split("*")] for s in sparse]
+    if label in dense or any(label in parts for parts in crosses):
+        raise MemrecError(
+            f"the label column {label!r} is also given as a feature (--dense or --sparse); a "
+            "model would learn the label itself"
+        )
+    for what, names in (("--dense", list(dense)), ("--sparse", ["*".join(p) for p in crosses])):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise MemrecError(f"{what} names {', '.join(map(repr, twice))} more than once")
+    for parts in crosses:
+        if len(set(parts)) < len(parts):
+            raise MemrecError(f"--sparse {'*'.join(parts)!r} crosses a column with itself")
+
+
 def _check_columns(table: pa.Table, label: str, columns: Sequence[str], source: str) -> None:
     names = table.column_names
     problems = []
@@ -418,6 +457,8 @@ def train(
     TrainResult
     """
     t0 = time.perf_counter()
+    _check_settings(dim=dim, epochs=epochs, batch_size=batch_size, threads=threads, seed=seed,
+                    lr=lr, compression=compression)  # fmt: skip
     if threads is not None:
         torch.set_num_threads(threads)
     say = log or (lambda _msg: None)
@@ -434,6 +475,7 @@ def train(
             f"need compression >= 1, k >= 1, k_w >= 1, weight_rows >= 1; got {compression}, "
             f"{k}, {k_w}, {weight_rows}"
         )
+    _check_names(label, dense, sparse)
     dense_arch = list(dense_arch) if dense_arch is not None else [64, dim]
     source = os.fspath(data) if not isinstance(data, pa.Table) else "training data"
     table = _read(data, "training")

@@ -15,8 +15,8 @@ features=(--label delayed --split "month>=11"
   --sparse "carrier*flight,tailnum*dest,origin*dest*hour")
 
 echo "== train: MEM-REC tables, then the full-table baseline (torch, months 1-10)"
-memrec-infer train data/flights.parquet "${features[@]}" --embedding memrec -o "$out/memrec.pt"
-memrec-infer train data/flights.parquet "${features[@]}" --embedding full -o "$out/full.pt"
+memrec-infer train data/flights.parquet "${features[@]}" --embedding memrec -o "$out/memrec.pt" --force
+memrec-infer train data/flights.parquet "${features[@]}" --embedding full -o "$out/full.pt" --force
 
 echo "== convert (no torch from here on)"
 memrec-infer convert "$out/memrec.pt" -o "$out/memrec" --force

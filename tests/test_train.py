@@ -109,3 +109,64 @@ def test_auc_matches_pairwise_definition() -> None:
     assert auc(y, s) == pytest.approx(pairs, abs=1e-12)
     assert auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
     assert np.isnan(auc(np.ones(3), np.arange(3.0)))
+
+
+def _train_args(data: str, out) -> list[str]:
+    return [data, "--label", "delayed", "--dense", DENSE, "--sparse", "carrier", "-o", str(out)]
+
+
+def test_the_checkpoint_is_checked_before_training_and_replaced_only_with_force(small, tmp_path):
+    out = tmp_path / "model.pt"
+    out.write_bytes(b"an older checkpoint")
+    result = _run(*_train_args(small, out))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr == f"Error: {out} exists; pass --force to replace it\n"
+    assert out.read_bytes() == b"an older checkpoint"
+    result = _run(*_train_args(small, out), "--force", "-q")
+    assert result.exit_code == 0, result.output
+    load_checkpoint(out)
+    # Never over the training data, nor into a directory that does not exist (before any
+    # training: neither run prints an epoch).
+    for bad, said in ((small, "the output would replace the input"),
+                      (tmp_path / "no" / "m.pt", "does not exist; create it first")):  # fmt: skip
+        result = _run(*_train_args(small, bad), "--force")
+        assert result.exit_code == 1 and said in result.stderr and "logloss" not in result.output
+    assert pq.read_table(small).num_rows == 3000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_a_failed_save_leaves_neither_a_partial_file_nor_a_traceback(small, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    def disk_full(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"half")
+        raise RuntimeError("unexpected pos 23424 vs 23340")  # what torch says on a full disk
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    result = _run(*_train_args(small, tmp_path / "m.pt"), "-q")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{tmp_path / 'm.pt'}: cannot write the checkpoint" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+        (["--compression", "nan"], "--compression must be a finite number >= 1, got nan"),
+        (["--dim", "-4"], "--dim must be >= 1, got -4"),
+        (["--threads", "0"], "--threads must be >= 1, got 0"),
+        (["--dense", "day,delayed"], "the label column 'delayed' is also given as a feature"),
+        (["--sparse", "carrier,delayed*origin"], "the label column 'delayed' is also given"),
+        (["--dense", "day,day"], "--dense names 'day' more than once"),
+        (["--sparse", "carrier"], "--sparse names 'carrier' more than once"),
+        (["--sparse", "origin*origin"], "--sparse 'origin*origin' crosses a column with itself"),
+    ],
+)
+def test_settings_a_run_cannot_train_with_are_named(small, tmp_path, args, said):
+    result = _run(*_train_args(small, tmp_path / "m.pt"), *args)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert said in result.stderr and "train logloss" not in result.output
+    assert list(tmp_path.iterdir()) == []

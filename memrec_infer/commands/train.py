@@ -5,6 +5,8 @@ torch is imported only when the command runs, so the rest of the CLI works witho
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from ..errors import MemrecError
@@ -69,6 +71,7 @@ def _transforms(values: tuple[str, ...]) -> tuple[str, dict[str, str]]:
 @click.option(
     "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write."
 )
+@click.option("--force", is_flag=True, help="Replace the checkpoint if it exists.")
 @click.option("--valid", type=click.Path(dir_okay=False), help="Validation Parquet file.")
 @click.option(
     "--split",
@@ -118,8 +121,8 @@ def _transforms(values: tuple[str, ...]) -> tuple[str, dict[str, str]]:
     help="torch threads; the mini-batches are small, so one thread is usually fastest.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
-def command(data, label, dense, sparse, output, valid, split, embedding, dim, compression, k, k_w,
-            weight_rows, scalar_weight, pooling, share, dense_arch, over_arch, interaction,
+def command(data, label, dense, sparse, output, force, valid, split, embedding, dim, compression,
+            k, k_w, weight_rows, scalar_weight, pooling, share, dense_arch, over_arch, interaction,
             self_interaction, transform, epochs, batch_size, lr, seed, threads, quiet):  # fmt: skip  # noqa: ANN001, ANN201
     """Train a DLRM with MEM-REC (or full) embedding tables and write a checkpoint."""
     try:
@@ -133,6 +136,7 @@ def command(data, label, dense, sparse, output, valid, split, embedding, dim, co
         ) from exc
     default_transform, column_transforms = _transforms(transform)
     try:
+        output = _check_output(output, force, [data] + ([valid] if valid else []))
         train(
             data,
             label,
@@ -165,3 +169,16 @@ def command(data, label, dense, sparse, output, valid, split, embedding, dim, co
         )
     except MemrecError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _check_output(output: str, force: bool, inputs: list[str]) -> str:
+    # Before training, not after it: the checkpoint's directory takes files, and the
+    # checkpoint replaces neither an input nor (without --force) an existing file.
+    from ..errors import OutputPathError
+    from ..parquet_output import check_not_input, writable_path
+
+    path = writable_path(output)
+    check_not_input(path, inputs, what="the checkpoint")
+    if os.path.lexists(path) and not force:
+        raise OutputPathError(f"{output} exists; pass --force to replace it")
+    return path
