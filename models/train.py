@@ -87,23 +87,27 @@ def _read(data: str | os.PathLike | pa.Table, what: str) -> pa.Table:
         ) from exc
 
 
-def _check_settings(**settings: Any) -> None:
+def _check_settings(
+    *, dim: int, epochs: int, batch_size: int, threads: int | None, seed: int, lr: float,
+    compression: float,
+) -> None:  # fmt: skip
     # Numbers a run cannot train with (--epochs 0 wrote an untrained model, --lr nan a broken
     # one, --batch-size 0 ended in a traceback), named as the command line names them.
-    problems = []
-    for name, v in settings.items():
-        if v is None:
-            continue
-        if name in ("lr", "compression"):
-            low = 1 if name == "compression" else 0
-            if not (math.isfinite(v) and (v >= low if low else v > 0)):
-                problems.append(
-                    f"--{name} must be a finite number {'>= 1' if low else '> 0'}, got {v}"
-                )
-        elif v < (0 if name == "seed" else 1):
-            problems.append(
-                f"--{name.replace('_', '-')} must be >= {0 if name == 'seed' else 1}, got {v}"
-            )
+    problems = [
+        f"{flag} must be >= {low}, got {v}"
+        for flag, v, low in (
+            ("--dim", dim, 1),
+            ("--epochs", epochs, 1),
+            ("--batch-size", batch_size, 1),
+            ("--threads", threads, 1),
+            ("--seed", seed, 0),
+        )  # fmt: skip
+        if v is not None and v < low
+    ]
+    if not (math.isfinite(lr) and lr > 0):
+        problems.append(f"--lr must be a finite number > 0, got {lr}")
+    if not (math.isfinite(compression) and compression >= 1):
+        problems.append(f"--compression must be a finite number >= 1, got {compression}")
     if problems:
         raise MemrecError("; ".join(problems))
 
