@@ -485,10 +485,14 @@ def train(
     table = _read(data, "training")
     columns = list(dict.fromkeys([*dense, *(c.strip() for s in sparse for c in s.split("*"))]))
     _check_columns(table, label, columns, source)
+    if table.num_rows == 0:
+        raise InputDataError(f"{source}: has no rows to train on")
     if valid is not None:
         valid_table = _read(valid, "validation")
         vsource = os.fspath(valid) if not isinstance(valid, pa.Table) else "validation data"
         _check_columns(valid_table, label, columns, vsource)
+        if valid_table.num_rows == 0:
+            raise InputDataError(f"{vsource}: has no rows to validate on")
     elif split is not None:
         mask = _split_mask(table, split, seed)
         valid_table, table = table.filter(pa.array(mask)), table.filter(pa.array(~mask))
@@ -563,7 +567,12 @@ def train(
             p = _predict(model, valid_data)
             y = valid_data.labels.numpy()
             record.update(valid_auc=auc(y, p), valid_logloss=_logloss(y, p))
-            line += f", valid AUC {record['valid_auc']:.4f}, logloss {record['valid_logloss']:.4f}"
+            shown = (
+                "n/a (labels of one class)"
+                if math.isnan(record["valid_auc"])
+                else (f"{record['valid_auc']:.4f}")
+            )
+            line += f", valid AUC {shown}, logloss {record['valid_logloss']:.4f}"
         history.append(record)
         say(f"{line} ({time.perf_counter() - te:.1f} s)")
     table_bytes, vocab_bytes = _table_bytes(model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -170,3 +171,38 @@ def test_settings_a_run_cannot_train_with_are_named(small, tmp_path, args, said)
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert said in result.stderr and "train logloss" not in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--transform", "distance=log1p", "--transform", "distance=identity"],
+         "'distance' is given two transforms, log1p and identity"),
+        (["--transform", "log1p", "--transform", "identity"], "two transforms for every column"),
+        (["--split", "hour>=18", "--valid", FLIGHTS], "--split chooses validation rows from DATA"),
+    ],
+)  # fmt: skip
+def test_options_that_contradict_each_other_are_usage_errors(small, tmp_path, args, said):
+    # Before, the last transform won and --split was ignored beside --valid, silently.
+    result = _run(*_train_args(small, tmp_path / "m.pt"), *args)
+    assert result.exit_code == 2 and said in result.stderr, result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_rows_to_train_or_validate_on_is_named(small, tmp_path):
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pq.read_table(small).slice(0, 0), empty)
+    out = tmp_path / "m.pt"
+    result = _run(*_train_args(str(empty), out), "--split", "none")
+    assert result.exit_code == 1 and f"{empty}: has no rows to train on" in result.stderr
+    result = _run(*_train_args(small, out), "--valid", str(empty))
+    assert result.exit_code == 1 and f"{empty}: has no rows to validate on" in result.stderr
+    assert not out.exists()
+
+
+def test_a_validation_set_of_one_class_says_so_instead_of_nan(small, tmp_path):
+    one_class = tmp_path / "ones.parquet"
+    t = pq.read_table(small)
+    pq.write_table(t.filter(pc.equal(t.column("delayed"), 1)), one_class)
+    result = _run(*_train_args(small, tmp_path / "m.pt"), "--valid", str(one_class))
+    assert result.exit_code == 0 and "valid AUC n/a (labels of one class)" in result.stderr

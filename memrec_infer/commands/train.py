@@ -44,13 +44,24 @@ def _transforms(values: tuple[str, ...]) -> tuple[str, dict[str, str]]:
     """``--transform log1p`` sets the default; ``--transform distance=log1p`` one column."""
     default = "standard"
     per_column: dict[str, str] = {}
+    defaults = []
     for item in _names(values):
         if "=" in item:
             column, how = (s.strip() for s in item.split("=", 1))
+            if column in per_column and per_column[column] != how:
+                raise click.BadParameter(
+                    f"{column!r} is given two transforms, {per_column[column]} and {how}",
+                    param_hint="--transform",
+                )
             per_column[column] = how
         else:
-            default = item
-    return default, per_column
+            defaults.append(item)
+    if len(set(defaults)) > 1:
+        raise click.BadParameter(
+            f"two transforms for every column, {' and '.join(defaults)}; give one",
+            param_hint="--transform",
+        )
+    return (defaults[0] if defaults else default), per_column
 
 
 @click.command(
@@ -75,10 +86,9 @@ def _transforms(values: tuple[str, ...]) -> tuple[str, dict[str, str]]:
 @click.option("--valid", type=click.Path(dir_okay=False), help="Validation Parquet file.")
 @click.option(
     "--split",
-    default="0.1",
-    show_default=True,
     help="Validation rows when --valid is absent: 'COLUMN OP VALUE' (OP: == != < <= > >=, "
-    "e.g. 'month>=11') or a random fraction ('0.1', '10%'); 'none' for no validation.",
+    "e.g. 'month>=11') or a random fraction ('0.1', '10%'); 'none' for no validation. "
+    "[default: 0.1]",
 )
 @click.option(
     "--embedding", type=click.Choice(["memrec", "full"]), default="memrec", show_default=True
@@ -135,6 +145,12 @@ def command(data, label, dense, sparse, output, force, valid, split, embedding, 
             "extra: pip install 'memrec-infer[train]'"
         ) from exc
     default_transform, column_transforms = _transforms(transform)
+    if valid is not None and split is not None:
+        raise click.BadParameter(
+            "--split chooses validation rows from DATA, --valid gives them; give one",
+            param_hint="--split",
+        )
+    split = "0.1" if split is None else split
     try:
         output = _check_output(output, force, [data] + ([valid] if valid else []))
         train(
