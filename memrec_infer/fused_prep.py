@@ -30,37 +30,24 @@ from .kernels.ids import PARALLEL_MIN
 # (flights, 2 threads; 2.2x faster at 1024 rows).
 MAX_ROWS = PARALLEL_MIN
 
-_CODES = {
-    pa.int8().id: k.I8,
-    pa.int16().id: k.I16,
-    pa.int32().id: k.I32,
-    pa.int64().id: k.I64,
-    pa.uint8().id: k.U8,
-    pa.uint16().id: k.U16,
-    pa.uint32().id: k.U32,
-    pa.uint64().id: k.U64,
-    pa.float32().id: k.F32,
-    pa.float64().id: k.F64,
-    pa.string().id: k.STR32,
-    pa.binary().id: k.STR32,
-    pa.large_string().id: k.STR64,
-    pa.large_binary().id: k.STR64,
+# The number types the kernel reads, with their type codes; as Arrow types and as NumPy dtypes.
+_NUMBERS = {
+    pa.int8(): k.I8,
+    pa.int16(): k.I16,
+    pa.int32(): k.I32,
+    pa.int64(): k.I64,
+    pa.uint8(): k.U8,
+    pa.uint16(): k.U16,
+    pa.uint32(): k.U32,
+    pa.uint64(): k.U64,
+    pa.float32(): k.F32,
+    pa.float64(): k.F64,
 }
-
-
-# NumPy dtypes the kernel reads (native byte order), for a dict of NumPy columns.
-NUMPY_CODES = {
-    np.dtype(np.int8): k.I8,
-    np.dtype(np.int16): k.I16,
-    np.dtype(np.int32): k.I32,
-    np.dtype(np.int64): k.I64,
-    np.dtype(np.uint8): k.U8,
-    np.dtype(np.uint16): k.U16,
-    np.dtype(np.uint32): k.U32,
-    np.dtype(np.uint64): k.U64,
-    np.dtype(np.float32): k.F32,
-    np.dtype(np.float64): k.F64,
-}
+_STRINGS = {pa.string(): k.STR32, pa.binary(): k.STR32, pa.large_string(): k.STR64,
+            pa.large_binary(): k.STR64}  # fmt: skip
+_CODES = {t.id: code for t, code in (_NUMBERS | _STRINGS).items()}
+# For a dict of NumPy columns (native byte order only: ``>f8`` is another dtype).
+NUMPY_CODES = {np.dtype(t.to_pandas_dtype()): code for t, code in _NUMBERS.items()}
 
 
 class _ArrowArray(ctypes.Structure):
