@@ -28,6 +28,9 @@ _PART = "part-{:05d}.parquet"
 _PART_RE = re.compile(r"part-\d{5,}\.parquet")
 
 
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextmanager
 def _signals_deferred() -> Iterator[None]:
     """Ctrl-C and SIGTERM held back until the block is done, then delivered (main thread only:
@@ -44,9 +47,6 @@ def _signals_deferred() -> Iterator[None]:
             signal.signal(s, h)
         if held:
             signal.raise_signal(held[0])
-
-
-_DEFERRED = (signal.SIGINT, signal.SIGTERM)
 
 
 def _is_our_partitioned_output(path: str) -> bool:

@@ -276,14 +276,13 @@ class FeaturePrep:
         # A column feeding several features (alone and in crosses) is hashed once per batch.
         column_ids: dict[str, np.ndarray] = {}
         bags = [self._sparse_feature(columns, s, column_ids) for s in self.sparse]
-        steps = np.arange(n + 1, dtype=np.int64)
         if bags and all(lengths is None for _, lengths in bags):
             # Every feature one-hot: feature f's bags start at f * n. Two NumPy calls instead
             # of two per feature: at B = 1 with 13 dense and 26 one-hot columns, prep took 138
             # instead of 205 us from NumPy columns, 451 instead of 494 us from Arrow (measured).
             values = np.concatenate([ids for ids, _ in bags])
-            offsets = np.add.outer(self._feature_starts * n, steps)
-            return PreparedBatch(num_rows=n, dense=dense, values=values, offsets=offsets)
+            return PreparedBatch(n, dense, values, self._one_hot_offsets(n))
+        steps = np.arange(n + 1, dtype=np.int64)
         total = sum(len(v) for v, _ in bags)
         values = np.empty(total, dtype=np.int64)
         offsets = np.empty((len(self.sparse), n + 1), dtype=np.int64)
@@ -355,8 +354,11 @@ class FeaturePrep:
         self._transform(dense)
         if not np.isfinite(dense).all():
             return None
-        offsets = np.add.outer(self._feature_starts * n, np.arange(n + 1, dtype=np.int64))
-        return PreparedBatch(num_rows=n, dense=dense, values=values, offsets=offsets)
+        return PreparedBatch(n, dense, values, self._one_hot_offsets(n))
+
+    def _one_hot_offsets(self, n: int) -> np.ndarray:
+        # Offsets of a batch of n rows whose every bag holds one id: feature f's start at f * n.
+        return np.add.outer(self._feature_starts * n, np.arange(n + 1, dtype=np.int64))
 
     def _transform(self, dense: np.ndarray) -> None:
         """The dense transforms, in place, on columns already float32 with nulls filled."""
