@@ -474,11 +474,8 @@ def train(
         raise MemrecError("no sparse features: give at least one with --sparse")
     if embedding == "full" and share:
         raise MemrecError("--share needs MEM-REC tables; full tables cannot be shared")
-    if compression < 1 or k < 1 or k_w < 1 or (weight_rows is not None and weight_rows < 1):
-        raise MemrecError(
-            f"need compression >= 1, k >= 1, k_w >= 1, weight_rows >= 1; got {compression}, "
-            f"{k}, {k_w}, {weight_rows}"
-        )
+    if k < 1 or k_w < 1 or (weight_rows is not None and weight_rows < 1):  # compression: above
+        raise MemrecError(f"need k >= 1, k_w >= 1, weight_rows >= 1; got {k}, {k_w}, {weight_rows}")
     _check_names(label, dense, sparse)
     dense_arch = list(dense_arch) if dense_arch is not None else [64, dim]
     source = os.fspath(data) if not isinstance(data, pa.Table) else "training data"
