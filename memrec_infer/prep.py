@@ -314,7 +314,7 @@ class FeaturePrep:
     def _prepare_numpy(self, batch: Any) -> PreparedBatch | None:
         # A dict whose every column the model reads is a 1-D C-contiguous NumPy array of a type
         # the kernel reads, of fewer than MAX_ROWS rows: the whole batch in one kernel call as
-        # well (13 float and 26 integer columns, batch 1: 141 -> 65 us). None: column by column.
+        # well (``bench/prep_paths.py``). None: column by column.
         if not isinstance(batch, Mapping):
             return None
         arrays = []
